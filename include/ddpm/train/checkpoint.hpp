@@ -1,0 +1,238 @@
+#pragma once
+/// Crash-safe training checkpoints: one file per checkpoint holding a LibTorch
+/// serialize archive (model, EMA, optimizer, step, RNG states, config — what the
+/// trainer puts in it) behind an integrity header, written to a temporary file
+/// and renamed, with the last K kept.
+///
+/// File layout (little-endian):
+///   [0, 8)   magic "DDPMCKPT"
+///   [8, 12)  u32 format version (1)
+///   [12, 20) u64 payload size in bytes
+///   [20, 24) u32 CRC-32 (zlib) of the payload
+///   [24, 24 + size) payload: the archive as written by OutputArchive::save_to
+/// A truncated file (size mismatch) or a corrupt one (CRC mismatch, bad magic)
+/// is rejected with a ddpm::Error naming the file and what is wrong.
+#include <ddpm/error.hpp>
+
+#include <ATen/core/Generator.h>
+#include <torch/serialize/archive.h>
+#include <torch/types.h>
+
+#include <zlib.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <dirent.h>
+#include <fstream>
+#include <functional>
+#include <string>
+#include <sys/stat.h>
+#include <vector>
+
+namespace ddpm {
+
+namespace detail {
+inline constexpr char kCheckpointMagic[8] = {'D', 'D', 'P', 'M', 'C', 'K', 'P', 'T'};
+inline constexpr uint32_t kCheckpointVersion = 1;
+inline constexpr size_t kCheckpointHeader = 24;
+
+inline void put_le(std::vector<uint8_t>& out, uint64_t v, int bytes) {
+  for (int i = 0; i < bytes; ++i) out.push_back(static_cast<uint8_t>(v >> (8 * i)));
+}
+inline uint64_t get_le(const uint8_t* p, int bytes) {
+  uint64_t v = 0;
+  for (int i = bytes - 1; i >= 0; --i) v = (v << 8) | p[i];
+  return v;
+}
+inline uint32_t crc32_of(const uint8_t* data, size_t size) {
+  uLong crc = crc32(0L, Z_NULL, 0);
+  while (size > 0) {
+    const uInt chunk = static_cast<uInt>(std::min<size_t>(size, 1u << 30));
+    crc = crc32(crc, data, chunk);
+    data += chunk;
+    size -= chunk;
+  }
+  return static_cast<uint32_t>(crc);
+}
+}  // namespace detail
+
+/// Stores a string (e.g. a JSON config) in an archive as a uint8 tensor.
+inline void archive_write_string(torch::serialize::OutputArchive& archive, const std::string& key,
+                                 const std::string& value) {
+  auto t = torch::empty({static_cast<int64_t>(value.size())}, torch::kUInt8);
+  if (!value.empty()) std::memcpy(t.data_ptr<uint8_t>(), value.data(), value.size());
+  archive.write(key, t, /*is_buffer=*/true);
+}
+
+/// Reads a string stored by archive_write_string.
+inline std::string archive_read_string(torch::serialize::InputArchive& archive, const std::string& key) {
+  torch::Tensor t;
+  archive.read(key, t, /*is_buffer=*/true);
+  t = t.to(torch::kCPU).contiguous();
+  return std::string(reinterpret_cast<const char*>(t.data_ptr<uint8_t>()), static_cast<size_t>(t.numel()));
+}
+
+/// Stores a generator's state (CPU or CUDA) in an archive.
+inline void archive_write_generator(torch::serialize::OutputArchive& archive, const std::string& key,
+                                    const at::Generator& gen) {
+  archive.write(key, gen.get_state(), /*is_buffer=*/true);
+}
+
+/// Restores a generator's state stored by archive_write_generator.
+inline void archive_read_generator(torch::serialize::InputArchive& archive, const std::string& key,
+                                   at::Generator& gen) {
+  torch::Tensor state;
+  archive.read(key, state, /*is_buffer=*/true);
+  gen.set_state(state.to(torch::kCPU));
+}
+
+/// Serializes `archive` and writes it to `path` with the integrity header,
+/// through `path.tmp` and a rename (an interrupted write never replaces a good
+/// file). Throws ddpm::Error naming the file on I/O failure.
+inline void write_checkpoint_file(const std::string& path, torch::serialize::OutputArchive& archive) {
+  std::vector<uint8_t> payload;
+  archive.save_to([&](const void* data, size_t n) -> size_t {
+    const auto* p = static_cast<const uint8_t*>(data);
+    payload.insert(payload.end(), p, p + n);
+    return n;
+  });
+  std::vector<uint8_t> header(detail::kCheckpointMagic, detail::kCheckpointMagic + 8);
+  detail::put_le(header, detail::kCheckpointVersion, 4);
+  detail::put_le(header, payload.size(), 8);
+  detail::put_le(header, detail::crc32_of(payload.data(), payload.size()), 4);
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+    if (!f) throw Error("cannot write checkpoint '" + tmp + "'");
+    f.write(reinterpret_cast<const char*>(header.data()), static_cast<std::streamsize>(header.size()));
+    f.write(reinterpret_cast<const char*>(payload.data()), static_cast<std::streamsize>(payload.size()));
+    f.flush();
+    if (!f) {
+      std::remove(tmp.c_str());
+      throw Error("cannot write checkpoint '" + tmp + "' (disk full?)");
+    }
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    throw Error("cannot rename checkpoint '" + tmp + "' to '" + path + "'");
+  }
+}
+
+/// Reads and verifies the checkpoint at `path` and loads its archive into
+/// `archive` (tensors mapped to `device` when given). Throws ddpm::Error naming
+/// the file when it is missing, not a ddpm checkpoint, truncated or corrupt.
+inline void read_checkpoint_file(const std::string& path, torch::serialize::InputArchive& archive,
+                                 c10::optional<torch::Device> device = c10::nullopt) {
+  std::ifstream f(path, std::ios::binary | std::ios::ate);
+  if (!f) throw Error("cannot open checkpoint '" + path + "'");
+  const auto file_size = static_cast<size_t>(f.tellg());
+  f.seekg(0);
+  std::vector<uint8_t> bytes(file_size);
+  f.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(file_size));
+  if (!f) throw Error("cannot read checkpoint '" + path + "'");
+  if (file_size < detail::kCheckpointHeader) {
+    throw Error("checkpoint '" + path + "' is truncated: " + std::to_string(file_size) +
+                " bytes, smaller than the 24-byte header");
+  }
+  if (std::memcmp(bytes.data(), detail::kCheckpointMagic, 8) != 0) {
+    throw Error("'" + path + "' is not a ddpm checkpoint (bad magic at byte offset 0)");
+  }
+  const uint32_t version = static_cast<uint32_t>(detail::get_le(bytes.data() + 8, 4));
+  if (version != detail::kCheckpointVersion) {
+    throw Error("checkpoint '" + path + "' has format version " + std::to_string(version) +
+                ", this build reads version " + std::to_string(detail::kCheckpointVersion));
+  }
+  const uint64_t size = detail::get_le(bytes.data() + 12, 8);
+  const uint32_t crc = static_cast<uint32_t>(detail::get_le(bytes.data() + 20, 4));
+  if (file_size - detail::kCheckpointHeader != size) {
+    throw Error("checkpoint '" + path + "' is truncated or has extra bytes: the header announces " +
+                std::to_string(size) + " payload bytes, the file holds " +
+                std::to_string(file_size - detail::kCheckpointHeader));
+  }
+  const uint8_t* payload = bytes.data() + detail::kCheckpointHeader;
+  if (detail::crc32_of(payload, size) != crc) {
+    throw Error("checkpoint '" + path + "' is corrupt: CRC-32 mismatch over its " + std::to_string(size) +
+                " payload bytes");
+  }
+  try {
+    archive.load_from(reinterpret_cast<const char*>(payload), size, device);
+  } catch (const c10::Error& e) {
+    throw Error("checkpoint '" + path + "' could not be decoded: " + e.what_without_backtrace());
+  }
+}
+
+/// Names, lists and prunes the checkpoints `dir/ckpt-<step, 9 digits>.pt`.
+class CheckpointManager {
+ public:
+  /// `keep_last`: how many checkpoints to keep (>= 1).
+  CheckpointManager(std::string dir, int keep_last = 3) : dir_(std::move(dir)), keep_last_(keep_last) {
+    if (keep_last_ < 1) throw Error("keep_last must be >= 1, got " + std::to_string(keep_last_));
+  }
+
+  /// Path of the checkpoint for `step`.
+  std::string path_for(int64_t step) const {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "ckpt-%09lld.pt", static_cast<long long>(step));
+    return dir_ + "/" + buf;
+  }
+
+  /// Existing checkpoints as (step, path), oldest first.
+  std::vector<std::pair<int64_t, std::string>> list() const {
+    std::vector<std::pair<int64_t, std::string>> out;
+    DIR* d = opendir(dir_.c_str());
+    if (d == nullptr) return out;
+    while (dirent* e = readdir(d)) {
+      const std::string name = e->d_name;
+      long long step = 0;
+      char tail[8] = {0};
+      if (name.size() == 17 && std::sscanf(name.c_str(), "ckpt-%9lld.%2s", &step, tail) == 2 &&
+          std::string(tail) == "pt") {
+        out.emplace_back(step, dir_ + "/" + name);
+      }
+    }
+    closedir(d);
+    std::sort(out.begin(), out.end());
+    return out;
+  }
+
+  /// Writes the checkpoint of `step`, then deletes all but the newest keep_last.
+  std::string save(int64_t step, torch::serialize::OutputArchive& archive) const {
+    const std::string path = path_for(step);
+    write_checkpoint_file(path, archive);
+    auto all = list();
+    if (static_cast<int>(all.size()) > keep_last_) {
+      for (size_t i = 0; i + keep_last_ < all.size(); ++i) std::remove(all[i].second.c_str());
+    }
+    return path;
+  }
+
+  /// Loads the newest checkpoint that passes the integrity check into `archive`
+  /// and returns its path ("" when there is none). Each rejected newer file is
+  /// reported through `on_reject(path, error message)` and skipped.
+  std::string load_latest(torch::serialize::InputArchive& archive,
+                          const std::function<void(const std::string&, const std::string&)>& on_reject = {},
+                          c10::optional<torch::Device> device = c10::nullopt) const {
+    auto all = list();
+    for (auto it = all.rbegin(); it != all.rend(); ++it) {
+      try {
+        torch::serialize::InputArchive a;
+        read_checkpoint_file(it->second, a, device);
+        archive = std::move(a);
+        return it->second;
+      } catch (const Error& e) {
+        if (on_reject) on_reject(it->second, e.what());
+      }
+    }
+    return "";
+  }
+
+  const std::string& dir() const { return dir_; }
+  int keep_last() const { return keep_last_; }
+
+ private:
+  std::string dir_;
+  int keep_last_;
+};
+
+}  // namespace ddpm
