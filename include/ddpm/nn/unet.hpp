@@ -1,0 +1,497 @@
+#pragma once
+/// The denoising UNet of Ho et al. 2020, parameter-for-parameter compatible with diffusers'
+/// `UNet2DModel` (v0.31): same module tree, same state_dict names and shapes, same numerics.
+#include <ddpm/detail/json_enum.hpp>
+#include <ddpm/detail/json_util.hpp>
+#include <ddpm/error.hpp>
+#include <ddpm/nn/blocks.hpp>
+#include <ddpm/nn/resnet.hpp>
+#include <ddpm/nn/time_embedding.hpp>
+
+#include <nlohmann/json.hpp>
+#include <torch/arg.h>
+#include <torch/nn/cloneable.h>
+#include <torch/nn/functional/activation.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/modules/conv.h>
+#include <torch/nn/modules/normalization.h>
+#include <torch/nn/pimpl.h>
+#include <torch/types.h>
+
+#include <c10/util/Optional.h>
+
+#include <cmath>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace ddpm {
+
+/// Every UNet2DModel config key used by DDPM-style folders (diffusers v0.31 names and defaults;
+/// a key missing from a config.json takes the diffusers default). Unsupported features
+/// (fourier/learned time embeddings, class conditioning, scale_shift, resnet resampling) are
+/// rejected by validate().
+struct UNetOptions {
+  /// Nominal image size (informative only; 0 = unspecified, written as null).
+  TORCH_ARG(int64_t, sample_size) = 0;
+  TORCH_ARG(int64_t, in_channels) = 3;
+  TORCH_ARG(int64_t, out_channels) = 3;
+  /// Maps the input x -> 2x - 1 first.
+  TORCH_ARG(bool, center_input_sample) = false;
+  /// Only "positional" (sinusoidal) is supported.
+  TORCH_ARG(std::string, time_embedding_type) = "positional";
+  TORCH_ARG(double, freq_shift) = 0.0;
+  TORCH_ARG(bool, flip_sin_to_cos) = true;
+  /// "DownBlock2D" or "AttnDownBlock2D", one per level.
+  TORCH_ARG(std::vector<std::string>, down_block_types) = {"DownBlock2D", "AttnDownBlock2D",
+                                                           "AttnDownBlock2D", "AttnDownBlock2D"};
+  /// "UpBlock2D" or "AttnUpBlock2D", one per level, deepest first.
+  TORCH_ARG(std::vector<std::string>, up_block_types) = {"AttnUpBlock2D", "AttnUpBlock2D",
+                                                         "AttnUpBlock2D", "UpBlock2D"};
+  TORCH_ARG(std::vector<int64_t>, block_out_channels) = {224, 448, 672, 896};
+  TORCH_ARG(int64_t, layers_per_block) = 2;
+  TORCH_ARG(double, mid_block_scale_factor) = 1.0;
+  /// 1: conv padding 1; 0: pad right/bottom by one, conv padding 0 (original DDPM).
+  TORCH_ARG(int64_t, downsample_padding) = 1;
+  TORCH_ARG(std::string, downsample_type) = "conv";
+  TORCH_ARG(std::string, upsample_type) = "conv";
+  TORCH_ARG(double, dropout) = 0.0;
+  TORCH_ARG(std::string, act_fn) = "silu";
+  /// Channels per attention head; nullopt = a single head of all channels.
+  TORCH_ARG(c10::optional<int64_t>, attention_head_dim) = 8;
+  TORCH_ARG(int64_t, norm_num_groups) = 32;
+  /// GroupNorm groups of the mid-block attention; nullopt = norm_num_groups.
+  TORCH_ARG(c10::optional<int64_t>, attn_norm_num_groups) = c10::nullopt;
+  TORCH_ARG(double, norm_eps) = 1e-5;
+  TORCH_ARG(std::string, resnet_time_scale_shift) = "default";
+  /// Attention in the mid block.
+  TORCH_ARG(bool, add_attention) = true;
+  /// Class conditioning is not supported: must stay nullopt.
+  TORCH_ARG(c10::optional<std::string>, class_embed_type) = c10::nullopt;
+  TORCH_ARG(c10::optional<int64_t>, num_class_embeds) = c10::nullopt;
+  /// Only used by "learned" time embeddings in diffusers; kept for round trips.
+  TORCH_ARG(c10::optional<int64_t>, num_train_timesteps) = c10::nullopt;
+
+ public:
+
+  /// Width of the time embedding: 4 * block_out_channels[0].
+  int64_t time_embed_dim() const { return 4 * block_out_channels_.at(0); }
+  /// Number of resolution levels (= block_out_channels.size()).
+  int64_t num_levels() const { return static_cast<int64_t>(block_out_channels_.size()); }
+  /// H and W must be multiples of this: 2^(levels - 1).
+  int64_t size_multiple() const { return int64_t{1} << (num_levels() - 1); }
+
+  /// google/ddpm-cifar10-32 (its unet/config.json): 35,746,307 parameters.
+  static UNetOptions ddpm_cifar10() {
+    UNetOptions o;
+    o.sample_size(32)
+        .attention_head_dim(c10::nullopt)
+        .block_out_channels({128, 256, 256, 256})
+        .down_block_types({"DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"})
+        .up_block_types({"UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"})
+        .downsample_padding(0)
+        .flip_sin_to_cos(false)
+        .freq_shift(1)
+        .layers_per_block(2)
+        .norm_eps(1e-6)
+        .norm_num_groups(32);
+    return o;
+  }
+
+  /// The project's small CPU model: 3 levels of 64/128/256 channels, 2 resnets per down level
+  /// (3 per up level), GroupNorm(8), SiLU, no attention, time embedding width 256.
+  /// 14,142,851 parameters at in/out_channels 3 (9,863,107 with layers_per_block(1)). Works at any H, W divisible by 4.
+  static UNetOptions seed() {
+    UNetOptions o;
+    o.sample_size(32)
+        .block_out_channels({64, 128, 256})
+        .down_block_types({"DownBlock2D", "DownBlock2D", "DownBlock2D"})
+        .up_block_types({"UpBlock2D", "UpBlock2D", "UpBlock2D"})
+        .layers_per_block(2)
+        .norm_num_groups(8)
+        .add_attention(false);
+    return o;
+  }
+
+  /// Throws ddpm::Error naming `context` and the offending key/value if the options are
+  /// inconsistent or use an unsupported feature.
+  void validate(const std::string& context = "UNetOptions") const;
+};
+
+namespace detail {
+
+inline std::string quoted_list(const std::vector<std::string>& names) {
+  std::string out;
+  for (const auto& n : names) out += (out.empty() ? "\"" : ", \"") + n + "\"";
+  return out;
+}
+
+inline void check_choice(const std::string& value, const std::vector<std::string>& valid,
+                         const std::string& key, const std::string& context) {
+  for (const auto& v : valid) {
+    if (v == value) return;
+  }
+  throw Error(context + ": unknown " + key + " \"" + value + "\"; valid values are " +
+              quoted_list(valid));
+}
+
+inline std::string int_list(const std::vector<int64_t>& v) {
+  std::string out = "[";
+  for (size_t i = 0; i < v.size(); ++i) out += (i ? ", " : "") + std::to_string(v[i]);
+  return out + "]";
+}
+
+}  // namespace detail
+
+inline void UNetOptions::validate(const std::string& context) const {
+  const auto& ch = block_out_channels_;
+  auto fail = [&](const std::string& what) { throw Error(context + ": " + what); };
+  if (ch.empty()) fail("block_out_channels must not be empty");
+  if (down_block_types_.size() != ch.size() || up_block_types_.size() != ch.size()) {
+    fail("down_block_types (" + std::to_string(down_block_types_.size()) + "), up_block_types (" +
+         std::to_string(up_block_types_.size()) + ") and block_out_channels (" +
+         std::to_string(ch.size()) + ") must have the same length");
+  }
+  for (const auto& t : down_block_types_) {
+    detail::check_choice(t, {"DownBlock2D", "AttnDownBlock2D"}, "down_block_types entry", context);
+  }
+  for (const auto& t : up_block_types_) {
+    detail::check_choice(t, {"UpBlock2D", "AttnUpBlock2D"}, "up_block_types entry", context);
+  }
+  detail::check_choice(time_embedding_type_, {"positional"}, "time_embedding_type", context);
+  detail::check_choice(resnet_time_scale_shift_, {"default"}, "resnet_time_scale_shift", context);
+  detail::check_choice(downsample_type_, {"conv"}, "downsample_type", context);
+  detail::check_choice(upsample_type_, {"conv"}, "upsample_type", context);
+  detail::check_activation(act_fn_, context);
+  if (class_embed_type_.has_value()) {
+    fail("class_embed_type \"" + *class_embed_type_ + "\" is not supported (must be null)");
+  }
+  if (num_class_embeds_.has_value()) fail("num_class_embeds is not supported (must be null)");
+  if (in_channels_ <= 0 || out_channels_ <= 0) {
+    fail("in_channels and out_channels must be positive, got " + std::to_string(in_channels_) +
+         " and " + std::to_string(out_channels_));
+  }
+  if (layers_per_block_ < 1) fail("layers_per_block must be >= 1, got " + std::to_string(layers_per_block_));
+  if (norm_num_groups_ < 1) fail("norm_num_groups must be >= 1, got " + std::to_string(norm_num_groups_));
+  if (num_levels() > 16) fail("too many levels (" + std::to_string(num_levels()) + ")");
+  for (int64_t c : ch) {
+    if (c <= 0 || c % norm_num_groups_ != 0) {
+      fail("every block_out_channels entry must be a positive multiple of norm_num_groups " +
+           std::to_string(norm_num_groups_) + ", got " + detail::int_list(ch));
+    }
+  }
+  if (ch[0] < 2) fail("block_out_channels[0] must be >= 2 for the time embedding");
+  if (static_cast<double>(ch[0] / 2) == freq_shift_) {
+    fail("freq_shift " + std::to_string(freq_shift_) + " equals block_out_channels[0]/2");
+  }
+  if (!(norm_eps_ > 0)) fail("norm_eps must be > 0");
+  if (!(dropout_ >= 0 && dropout_ < 1)) fail("dropout must be in [0, 1), got " + std::to_string(dropout_));
+  if (!(mid_block_scale_factor_ > 0)) fail("mid_block_scale_factor must be > 0");
+  if (downsample_padding_ < 0) fail("downsample_padding must be >= 0");
+  if (attn_norm_num_groups_.has_value() &&
+      (*attn_norm_num_groups_ < 1 || ch.back() % *attn_norm_num_groups_ != 0)) {
+    fail("attn_norm_num_groups " + std::to_string(*attn_norm_num_groups_) +
+         " must divide block_out_channels[-1] = " + std::to_string(ch.back()));
+  }
+  // Attention head layout: heads = C / attention_head_dim must be exact wherever attention is.
+  auto check_heads = [&](int64_t c, const std::string& where) {
+    if (attention_head_dim_.has_value() &&
+        (*attention_head_dim_ < 1 || c % *attention_head_dim_ != 0)) {
+      fail("attention_head_dim " + std::to_string(*attention_head_dim_) +
+           " must divide the " + std::to_string(c) + " channels of " + where);
+    }
+  };
+  for (size_t i = 0; i < ch.size(); ++i) {
+    if (down_block_types_[i] == "AttnDownBlock2D") check_heads(ch[i], "down_blocks." + std::to_string(i));
+    if (up_block_types_[i] == "AttnUpBlock2D") check_heads(ch[ch.size() - 1 - i], "up_blocks." + std::to_string(i));
+  }
+  if (add_attention_) check_heads(ch.back(), "mid_block");
+}
+
+/// Writes the diffusers config.json form (all v0.31 keys plus "_class_name": "UNet2DModel").
+inline void to_json(nlohmann::json& j, const UNetOptions& o) {
+  auto opt = [](const auto& v) -> nlohmann::json {
+    if (v.has_value()) return nlohmann::json(*v);
+    return nullptr;
+  };
+  auto num = [](double v) -> nlohmann::json {  // integral values as integers, like diffusers
+    if (std::isfinite(v) && v == std::floor(v) && std::abs(v) < 1e15) return static_cast<int64_t>(v);
+    return v;
+  };
+  j = nlohmann::json::object();
+  j["_class_name"] = "UNet2DModel";
+  j["_diffusers_version"] = "0.31.0";
+  j["act_fn"] = o.act_fn();
+  j["add_attention"] = o.add_attention();
+  j["attention_head_dim"] = opt(o.attention_head_dim());
+  j["attn_norm_num_groups"] = opt(o.attn_norm_num_groups());
+  j["block_out_channels"] = o.block_out_channels();
+  j["center_input_sample"] = o.center_input_sample();
+  j["class_embed_type"] = opt(o.class_embed_type());
+  j["down_block_types"] = o.down_block_types();
+  j["downsample_padding"] = o.downsample_padding();
+  j["downsample_type"] = o.downsample_type();
+  j["dropout"] = o.dropout();
+  j["flip_sin_to_cos"] = o.flip_sin_to_cos();
+  j["freq_shift"] = num(o.freq_shift());
+  j["in_channels"] = o.in_channels();
+  j["layers_per_block"] = o.layers_per_block();
+  j["mid_block_scale_factor"] = num(o.mid_block_scale_factor());
+  j["norm_eps"] = o.norm_eps();
+  j["norm_num_groups"] = o.norm_num_groups();
+  j["num_class_embeds"] = opt(o.num_class_embeds());
+  j["num_train_timesteps"] = opt(o.num_train_timesteps());
+  j["out_channels"] = o.out_channels();
+  j["resnet_time_scale_shift"] = o.resnet_time_scale_shift();
+  j["sample_size"] = o.sample_size() > 0 ? nlohmann::json(o.sample_size()) : nlohmann::json(nullptr);
+  j["time_embedding_type"] = o.time_embedding_type();
+  j["up_block_types"] = o.up_block_types();
+  j["upsample_type"] = o.upsample_type();
+}
+
+/// Parses a diffusers UNet2DModel config; `context` (e.g. the file path) prefixes errors.
+/// Unknown keys, unknown block types / act_fn / time_embedding_type and inconsistent
+/// settings throw ddpm::Error. Keys starting with '_' are ignored.
+inline UNetOptions unet_options_from_json(const nlohmann::json& j, const std::string& context) {
+  detail::check_known_keys(
+      j,
+      {"sample_size", "in_channels", "out_channels", "center_input_sample", "time_embedding_type",
+       "freq_shift", "flip_sin_to_cos", "down_block_types", "up_block_types",
+       "block_out_channels", "layers_per_block", "mid_block_scale_factor", "downsample_padding",
+       "downsample_type", "upsample_type", "dropout", "act_fn", "attention_head_dim",
+       "norm_num_groups", "attn_norm_num_groups", "norm_eps", "resnet_time_scale_shift",
+       "add_attention", "class_embed_type", "num_class_embeds", "num_train_timesteps"},
+      context);
+  UNetOptions o;
+  auto get = [&](const char* key, auto& out) { detail::get_optional(j, key, out, context); };
+  // Keys whose null means "none" (not "the default").
+  auto get_nullable = [&](const char* key, auto& out) {
+    auto it = j.find(key);
+    if (it == j.end()) return;
+    if (it->is_null()) {
+      out = c10::nullopt;
+      return;
+    }
+    typename std::decay_t<decltype(out)>::value_type v{};
+    detail::get_optional(j, key, v, context);
+    out = v;
+  };
+  {
+    auto it = j.find("sample_size");
+    if (it != j.end() && !it->is_null()) {
+      if (it->is_array() && it->size() == 2 && (*it)[0] == (*it)[1] && (*it)[0].is_number_integer()) {
+        o.sample_size((*it)[0].get<int64_t>());
+      } else if (it->is_number_integer()) {
+        o.sample_size(it->get<int64_t>());
+      } else {
+        throw Error(context + ": bad value for \"sample_size\": " + it->dump() +
+                    " (expected an integer or a square [h, w])");
+      }
+    }
+  }
+  get("in_channels", o.in_channels());
+  get("out_channels", o.out_channels());
+  get("center_input_sample", o.center_input_sample());
+  get("time_embedding_type", o.time_embedding_type());
+  get("freq_shift", o.freq_shift());
+  get("flip_sin_to_cos", o.flip_sin_to_cos());
+  get("down_block_types", o.down_block_types());
+  get("up_block_types", o.up_block_types());
+  get("block_out_channels", o.block_out_channels());
+  get("layers_per_block", o.layers_per_block());
+  get("mid_block_scale_factor", o.mid_block_scale_factor());
+  get("downsample_padding", o.downsample_padding());
+  get("downsample_type", o.downsample_type());
+  get("upsample_type", o.upsample_type());
+  get("dropout", o.dropout());
+  get("act_fn", o.act_fn());
+  get_nullable("attention_head_dim", o.attention_head_dim());
+  get("norm_num_groups", o.norm_num_groups());
+  get_nullable("attn_norm_num_groups", o.attn_norm_num_groups());
+  get("norm_eps", o.norm_eps());
+  get("resnet_time_scale_shift", o.resnet_time_scale_shift());
+  get("add_attention", o.add_attention());
+  get_nullable("class_embed_type", o.class_embed_type());
+  get_nullable("num_class_embeds", o.num_class_embeds());
+  get_nullable("num_train_timesteps", o.num_train_timesteps());
+  o.validate(context);
+  return o;
+}
+
+/// nlohmann from_json (see unet_options_from_json).
+inline void from_json(const nlohmann::json& j, UNetOptions& o) {
+  o = unet_options_from_json(j, "UNet config");
+}
+
+/// Reads a diffusers UNet2DModel config.json.
+inline UNetOptions load_unet_config(const std::string& path) {
+  return unet_options_from_json(detail::read_json_file(path), "UNet config '" + path + "'");
+}
+
+/// The UNet's output plus its named intermediate activations (debugging aid). Names follow
+/// diffusers' debug fixture: time_proj, time_embedding, conv_in, down_blocks.i, mid_block,
+/// up_blocks.i, conv_norm_out (GroupNorm only, before SiLU and conv_out).
+struct UNetDebugOutput {
+  torch::Tensor output;
+  std::map<std::string, torch::Tensor> activations;
+};
+
+/// eps_theta(x_t, t): x [B, in_channels, H, W], t [B] / [1] / [] (int or float) ->
+/// [B, out_channels, H, W]. Module tree and parameter names are diffusers' UNet2DModel:
+/// conv_in, time_embedding.linear_{1,2}, down_blocks.i.{resnets,attentions,downsamplers},
+/// up_blocks.i.{...,upsamplers}, mid_block.{attentions,resnets}, conv_norm_out, conv_out.
+class UNetImpl : public torch::nn::Cloneable<UNetImpl> {
+ public:
+  explicit UNetImpl(UNetOptions options) : options(std::move(options)) { reset(); }
+
+  void reset() override {
+    const auto& o = options;
+    o.validate();
+    const auto& ch = o.block_out_channels();
+    const int64_t levels = o.num_levels();
+    const int64_t temb = o.time_embed_dim();
+    conv_in = register_module(
+        "conv_in", torch::nn::Conv2d(torch::nn::Conv2dOptions(o.in_channels(), ch[0], 3).padding(1)));
+    time_embedding = register_module(
+        "time_embedding", TimeEmbedding(TimeEmbeddingOptions(ch[0], temb)
+                                            .flip_sin_to_cos(o.flip_sin_to_cos())
+                                            .freq_shift(o.freq_shift())));
+    down_blocks = register_module("down_blocks", torch::nn::ModuleList());
+    int64_t out_ch = ch[0];
+    for (int64_t i = 0; i < levels; ++i) {
+      const int64_t in_ch = out_ch;
+      out_ch = ch[i];
+      down_blocks->push_back(DownBlock(DownBlockOptions(in_ch, out_ch, temb)
+                                           .num_layers(o.layers_per_block())
+                                           .attention(o.down_block_types()[i] == "AttnDownBlock2D")
+                                           .attention_head_dim(o.attention_head_dim().has_value()
+                                                                   ? o.attention_head_dim()
+                                                                   : c10::optional<int64_t>(out_ch))
+                                           .add_downsample(i != levels - 1)
+                                           .downsample_padding(o.downsample_padding())
+                                           .groups(o.norm_num_groups())
+                                           .eps(o.norm_eps())
+                                           .dropout(o.dropout())
+                                           .act_fn(o.act_fn())));
+    }
+    up_blocks = register_module("up_blocks", torch::nn::ModuleList());
+    out_ch = ch.back();
+    for (int64_t i = 0; i < levels; ++i) {
+      const int64_t prev = out_ch;
+      out_ch = ch[levels - 1 - i];
+      const int64_t in_ch = ch[std::max<int64_t>(levels - 2 - i, 0)];
+      up_blocks->push_back(UpBlock(UpBlockOptions(in_ch, prev, out_ch, temb)
+                                       .num_layers(o.layers_per_block() + 1)
+                                       .attention(o.up_block_types()[i] == "AttnUpBlock2D")
+                                       .attention_head_dim(o.attention_head_dim().has_value()
+                                                               ? o.attention_head_dim()
+                                                               : c10::optional<int64_t>(out_ch))
+                                       .add_upsample(i != levels - 1)
+                                       .groups(o.norm_num_groups())
+                                       .eps(o.norm_eps())
+                                       .dropout(o.dropout())
+                                       .act_fn(o.act_fn())));
+    }
+    mid_block = register_module(
+        "mid_block", MidBlock(MidBlockOptions(ch.back(), temb)
+                                  .add_attention(o.add_attention())
+                                  .attention_head_dim(o.attention_head_dim().has_value()
+                                                          ? o.attention_head_dim()
+                                                          : c10::optional<int64_t>(ch.back()))
+                                  .groups(o.norm_num_groups())
+                                  .attn_groups(o.attn_norm_num_groups())
+                                  .eps(o.norm_eps())
+                                  .dropout(o.dropout())
+                                  .act_fn(o.act_fn())
+                                  .output_scale_factor(o.mid_block_scale_factor())));
+    conv_norm_out = register_module(
+        "conv_norm_out",
+        torch::nn::GroupNorm(torch::nn::GroupNormOptions(o.norm_num_groups(), ch[0]).eps(o.norm_eps())));
+    conv_out = register_module(
+        "conv_out", torch::nn::Conv2d(torch::nn::Conv2dOptions(ch[0], o.out_channels(), 3).padding(1)));
+  }
+
+  /// x [B, in_channels, H, W] (H, W multiples of 2^(levels-1)), t [B] / [1] / [] int or float
+  /// -> predicted noise (or whatever the model was trained on) [B, out_channels, H, W].
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& t) { return run(x, t, nullptr); }
+
+  /// forward() plus the intermediate activations (see UNetDebugOutput).
+  UNetDebugOutput forward_debug(const torch::Tensor& x, const torch::Tensor& t) {
+    UNetDebugOutput out;
+    out.output = run(x, t, &out.activations);
+    return out;
+  }
+
+  /// Total number of parameter elements.
+  int64_t num_parameters() const {
+    int64_t n = 0;
+    for (const auto& p : parameters()) n += p.numel();
+    return n;
+  }
+
+  UNetOptions options;
+  torch::nn::Conv2d conv_in{nullptr};
+  TimeEmbedding time_embedding{nullptr};
+  /// DownBlock modules (access with down_blocks->at<DownBlockImpl>(i)).
+  torch::nn::ModuleList down_blocks{nullptr};
+  /// UpBlock modules, deepest first (access with up_blocks->at<UpBlockImpl>(i)).
+  torch::nn::ModuleList up_blocks{nullptr};
+  MidBlock mid_block{nullptr};
+  torch::nn::GroupNorm conv_norm_out{nullptr};
+  torch::nn::Conv2d conv_out{nullptr};
+
+ private:
+  torch::Tensor run(const torch::Tensor& x_in, const torch::Tensor& t,
+                    std::map<std::string, torch::Tensor>* acts) {
+    const auto& o = options;
+    TORCH_CHECK(x_in.defined() && x_in.dim() == 4, "UNet: expected input [B, ", o.in_channels(),
+                ", H, W], got ", x_in.defined() ? x_in.sizes() : torch::IntArrayRef{});
+    TORCH_CHECK(x_in.size(1) == o.in_channels(), "UNet: input has ", x_in.size(1),
+                " channels but the model expects ", o.in_channels(), " (input shape ",
+                x_in.sizes(), ")");
+    TORCH_CHECK(x_in.is_floating_point(), "UNet: input must be floating point, got ",
+                x_in.scalar_type());
+    const int64_t m = o.size_multiple();
+    TORCH_CHECK(x_in.size(2) > 0 && x_in.size(3) > 0 && x_in.size(2) % m == 0 &&
+                    x_in.size(3) % m == 0,
+                "UNet: input shape ", x_in.sizes(), ": H and W must be positive multiples of ", m,
+                " (2^(levels-1) with ", o.num_levels(), " levels)");
+    auto record = [&](const char* name, const torch::Tensor& v) {
+      if (acts) (*acts)[name] = v;
+    };
+    const int64_t batch = x_in.size(0);
+    torch::Tensor x = o.center_input_sample() ? 2 * x_in - 1.0 : x_in;
+
+    const torch::Tensor proj = time_embedding->time_proj(t.to(x.device()), batch);
+    record("time_proj", proj);
+    const torch::Tensor emb = time_embedding->mlp(proj.to(x.scalar_type()));
+    record("time_embedding", emb);
+
+    torch::Tensor h = conv_in(x);
+    record("conv_in", h);
+    std::vector<torch::Tensor> skips{h};
+    for (size_t i = 0; i < down_blocks->size(); ++i) {
+      DownBlockOutput out = down_blocks->at<DownBlockImpl>(i).forward(h, emb);
+      h = out.hidden;
+      skips.insert(skips.end(), out.skips.begin(), out.skips.end());
+      if (acts) (*acts)["down_blocks." + std::to_string(i)] = h;
+    }
+    h = mid_block(h, emb);
+    record("mid_block", h);
+    for (size_t i = 0; i < up_blocks->size(); ++i) {
+      auto& block = up_blocks->at<UpBlockImpl>(i);
+      const size_t n = block.resnets->size();
+      TORCH_CHECK(skips.size() >= n, "UNet: internal error, ran out of skip connections");
+      std::vector<torch::Tensor> mine(skips.end() - static_cast<std::ptrdiff_t>(n), skips.end());
+      skips.resize(skips.size() - n);
+      h = block.forward(h, mine, emb);
+      if (acts) (*acts)["up_blocks." + std::to_string(i)] = h;
+    }
+    h = conv_norm_out(h);
+    record("conv_norm_out", h);
+    return conv_out(torch::silu(h));
+  }
+};
+TORCH_MODULE(UNet);
+
+}  // namespace ddpm
