@@ -1,0 +1,212 @@
+#pragma once
+/// Pieces shared by the samplers (DDPM, DDIM, DPM-Solver++): the step output, timestep
+/// spacing exactly as diffusers v0.31.0 / numpy compute it, x0 clipping and dynamic
+/// thresholding (Saharia et al. 2022), noise drawing and argument checks.
+#include <ddpm/detail/json_enum.hpp>
+#include <ddpm/detail/json_util.hpp>
+#include <ddpm/error.hpp>
+#include <ddpm/forward_diffuser.hpp>
+#include <ddpm/schedule.hpp>
+
+#include <ATen/core/Generator.h>
+#include <torch/types.h>
+
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace ddpm {
+
+/// Result of one reverse step: x_{t_prev} [B, ...] and the x0 estimate used for it [B, ...].
+struct SamplerStepOutput {
+  torch::Tensor prev_sample;
+  torch::Tensor pred_original_sample;
+};
+
+/// How inference timesteps are picked from 0..T-1 (diffusers `timestep_spacing`; see
+/// Lin et al. 2023, Table 2).
+enum class TimestepSpacing { Leading, Trailing, Linspace };
+
+namespace detail {
+inline const EnumNames<TimestepSpacing>& timestep_spacing_names() {
+  static const EnumNames<TimestepSpacing> names = {{TimestepSpacing::Leading, "leading"},
+                                                   {TimestepSpacing::Trailing, "trailing"},
+                                                   {TimestepSpacing::Linspace, "linspace"}};
+  return names;
+}
+}  // namespace detail
+
+DDPM_JSON_ENUM(TimestepSpacing, detail::timestep_spacing_names, "timestep_spacing")
+
+namespace detail {
+
+/// numpy's np.round / ndarray.round: round half to even (166.5 -> 166, 499.5 -> 500).
+/// std::round would round half away from zero. Relies on the default FE_TONEAREST mode.
+inline double np_round(double x) { return std::nearbyint(x); }
+
+/// np.linspace(start, stop, num) (endpoint=True), element by element as numpy computes it:
+/// y[i] = i * ((stop - start) / (num - 1)) + start, y[num-1] = stop.
+inline std::vector<double> np_linspace(double start, double stop, int64_t num) {
+  std::vector<double> y(static_cast<size_t>(std::max<int64_t>(num, 0)));
+  if (num <= 0) return y;
+  const int64_t div = num - 1;
+  const double delta = stop - start;
+  for (int64_t i = 0; i < num; ++i) {
+    double v = static_cast<double>(i);
+    if (div > 0) {
+      const double step = delta / static_cast<double>(div);
+      v = (step == 0) ? v / static_cast<double>(div) * delta : v * step;
+    } else {
+      v = v * delta;
+    }
+    y[static_cast<size_t>(i)] = v + start;
+  }
+  if (num > 1) y.back() = stop;
+  return y;
+}
+
+/// np.arange(start, stop, step) for doubles: length ceil((stop - start) / step); numpy fills
+/// y[0] = start, y[1] = start + step, y[i] = start + i * (y[1] - y[0]).
+inline std::vector<double> np_arange(double start, double stop, double step) {
+  const double len_d = std::ceil((stop - start) / step);
+  const int64_t len = len_d > 0 ? static_cast<int64_t>(len_d) : 0;
+  std::vector<double> y(static_cast<size_t>(len));
+  if (len == 0) return y;
+  y[0] = start;
+  if (len == 1) return y;
+  y[1] = start + step;
+  const double delta = y[1] - y[0];
+  for (int64_t i = 2; i < len; ++i) y[static_cast<size_t>(i)] = start + static_cast<double>(i) * delta;
+  return y;
+}
+
+/// Throws unless 0 < n <= T, naming both.
+inline void check_num_inference_steps(int64_t n, int64_t T, const char* where) {
+  TORCH_CHECK(n > 0 && n <= T, where, ": num_inference_steps must be in [1, num_train_timesteps = ", T,
+              "], got ", n);
+}
+
+/// Throws if any timestep is outside [0, T) (e.g. a large steps_offset).
+inline void check_timestep_list(const std::vector<int64_t>& ts, int64_t T, const char* where) {
+  for (size_t i = 0; i < ts.size(); ++i) {
+    TORCH_CHECK(ts[i] >= 0 && ts[i] < T, where, ": inference timestep ", ts[i], " (index ", i,
+                ") is out of range [0, ", T, "); check steps_offset and timestep_spacing");
+  }
+}
+
+/// DDPMScheduler / DDIMScheduler.set_timesteps (diffusers v0.31.0), descending:
+///   leading:  arange(N) * (T // N) + steps_offset, reversed
+///   trailing: round(arange(T, 0, -T/N)) - 1
+///   linspace: round(linspace(0, T-1, N)), reversed
+/// (Trailing may produce one extra entry of -1 from numpy's float arange for some N, e.g.
+/// N = 61 with T = 1000; diffusers would then index alphas_cumprod[-1]. Such negative
+/// entries are dropped here.)
+inline std::vector<int64_t> spaced_timesteps(int64_t T, int64_t N, TimestepSpacing spacing,
+                                             int64_t steps_offset, const char* where) {
+  check_num_inference_steps(N, T, where);
+  std::vector<int64_t> ts;
+  switch (spacing) {
+    case TimestepSpacing::Leading: {
+      const int64_t ratio = T / N;
+      for (int64_t i = N - 1; i >= 0; --i) ts.push_back(i * ratio + steps_offset);
+      break;
+    }
+    case TimestepSpacing::Trailing: {
+      const double ratio = static_cast<double>(T) / static_cast<double>(N);
+      for (double v : np_arange(static_cast<double>(T), 0.0, -ratio)) {
+        const auto r = static_cast<int64_t>(np_round(v)) - 1;
+        if (r >= 0) ts.push_back(r);
+      }
+      break;
+    }
+    case TimestepSpacing::Linspace: {
+      const auto lin = np_linspace(0.0, static_cast<double>(T - 1), N);
+      for (auto it = lin.rbegin(); it != lin.rend(); ++it) ts.push_back(static_cast<int64_t>(np_round(*it)));
+      break;
+    }
+  }
+  check_timestep_list(ts, T, where);
+  return ts;
+}
+
+/// x0 clipping to [-range, range].
+inline torch::Tensor clip_sample(const torch::Tensor& x0, double range) {
+  return x0.clamp(-range, range);
+}
+
+/// Dynamic thresholding (Saharia et al. 2022, "Imagen"; diffusers _threshold_sample): per
+/// sample s = quantile(|x0|, ratio) clamped to [1, max_value]; x0 = clamp(x0, -s, s) / s.
+/// x0 [B, ...] with at least 2 dims.
+inline torch::Tensor threshold_sample(const torch::Tensor& x0, double ratio, double max_value) {
+  TORCH_CHECK(x0.dim() >= 2, "dynamic thresholding needs a batched sample [B, C, ...], got shape ",
+              x0.sizes());
+  const auto dtype = x0.scalar_type();
+  auto s = x0;
+  if (dtype != torch::kFloat32 && dtype != torch::kFloat64) s = s.to(torch::kFloat32);
+  const auto sizes = s.sizes().vec();
+  s = s.reshape({sizes[0], -1});
+  auto q = torch::quantile(s.abs(), ratio, /*dim=*/1);
+  q = q.clamp(1.0, max_value).unsqueeze(1);
+  s = torch::max(torch::min(s, q), -q) / q;
+  return s.reshape(sizes).to(dtype);
+}
+
+/// Standard normal noise shaped like `like`, drawn on CPU with `generator` (default generator
+/// when absent) in float32 (float64 for float64 samples), then moved to like's device/dtype.
+inline torch::Tensor draw_noise_like(const torch::Tensor& like, const c10::optional<at::Generator>& generator) {
+  const auto draw_dtype = like.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+  c10::optional<at::Generator> g;
+  if (generator.has_value() && generator->defined()) g = generator;
+  return torch::randn(like.sizes(), g, torch::TensorOptions().dtype(draw_dtype))
+      .to(like.device(), like.scalar_type());
+}
+
+/// Checks the arguments of a sampler step.
+inline void check_step_inputs(const torch::Tensor& model_output, int64_t t, const torch::Tensor& sample,
+                              int64_t T, const char* where) {
+  TORCH_CHECK(model_output.defined() && sample.defined(), where,
+              ": model_output and sample must be defined tensors");
+  TORCH_CHECK(model_output.sizes() == sample.sizes(), where, ": model_output has shape ",
+              model_output.sizes(), " but sample has shape ", sample.sizes());
+  TORCH_CHECK(at::isFloatingType(sample.scalar_type()), where, ": sample must be floating point, got ",
+              sample.scalar_type());
+  TORCH_CHECK(t >= 0 && t < T, where, ": timestep ", t, " is out of range [0, ", T, ")");
+}
+
+inline void check_variance_noise(const c10::optional<torch::Tensor>& noise, const torch::Tensor& sample,
+                                 const char* where) {
+  if (noise.has_value() && noise->defined()) {
+    TORCH_CHECK(noise->sizes() == sample.sizes(), where, ": variance_noise has shape ", noise->sizes(),
+                " but sample has shape ", sample.sizes());
+  }
+}
+
+/// Every key of a diffusers v0.31.0 DDPMScheduler, DDIMScheduler or DPMSolverMultistepScheduler
+/// config, plus ddpm's own "dtype" (schedule precision) and "eta" (DDIM default eta).
+inline const std::vector<const char*>& scheduler_config_keys() {
+  static const std::vector<const char*> keys = {
+      "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+      "rescale_betas_zero_snr", "dtype", "prediction_type", "variance_type", "clip_sample",
+      "clip_sample_range", "thresholding", "dynamic_thresholding_ratio", "sample_max_value",
+      "timestep_spacing", "steps_offset", "set_alpha_to_one", "eta", "solver_order", "algorithm_type",
+      "solver_type", "lower_order_final", "euler_at_final", "use_karras_sigmas",
+      "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas", "final_sigmas_type",
+      "lambda_min_clipped"};
+  return keys;
+}
+
+/// Checks thresholding options (shared by the three samplers).
+inline void check_threshold_options(double ratio, double max_value, const std::string& where) {
+  if (!(ratio > 0 && ratio <= 1)) {
+    throw Error(where + ": dynamic_thresholding_ratio must be in (0, 1], got " + std::to_string(ratio));
+  }
+  if (!(max_value > 0)) {
+    throw Error(where + ": sample_max_value must be > 0, got " + std::to_string(max_value));
+  }
+}
+
+}  // namespace detail
+}  // namespace ddpm
