@@ -75,7 +75,7 @@ inline const detail::EnumNames<DistributedBackend>& distributed_backend_names() 
 DDPM_JSON_ENUM(DistributedBackend, distributed_backend_names, "distributed backend")
 
 /// Options of the process group. JSON: {"backend": "auto", "timeout_s": 60,
-/// "bucket_size_mb": 25}.
+/// "bucket_size_mb": 8}.
 struct DistributedOptions {
   DistributedBackend backend = DistributedBackend::Auto;
   /// Bound on connecting to the store, on the rendezvous (rank 0 waits this long for every
@@ -84,7 +84,7 @@ struct DistributedOptions {
   std::chrono::milliseconds timeout{60000};
   /// Gradients / parameters are flattened into buckets of at most this many MiB (a single
   /// tensor larger than that gets a bucket of its own); one collective per bucket.
-  double bucket_size_mb = 25.0;
+  double bucket_size_mb = 8.0;
 };
 
 inline void to_json(nlohmann::json& j, const DistributedOptions& o) {
@@ -195,6 +195,8 @@ class Distributed {
 #else
   using BackendPtr = c10::intrusive_ptr<c10d::ProcessGroup>;
 #endif
+  /// What a c10d collective returns (c10d::Work / ProcessGroup::Work across versions).
+  using WorkPtr = decltype(std::declval<BackendPtr&>()->barrier());
 
   /// Joins the group described by the torchrun environment; nullopt when WORLD_SIZE is
   /// unset or 1. Throws ddpm::Error for invalid variables, an unreachable store (after
@@ -382,15 +384,22 @@ class Distributed {
       if (p.requires_grad()) params.push_back(p);
     }
     torch::NoGradGuard no_grad;
-    for (const auto& bucket : make_buckets(params)) {
-      const auto& first = params[bucket.front()];
-      const auto opts = first.options();
+    const auto buckets = make_buckets(params);
+    // Phase 1: flatten each bucket and start its allreduce right away, so that flattening
+    // the next bucket overlaps the communication of the previous one.
+    std::vector<std::vector<torch::Tensor>> flats(buckets.size());
+    std::vector<WorkPtr> works;
+    works.reserve(buckets.size());
+    c10d::AllreduceOptions sum;
+    sum.reduceOp = c10d::ReduceOp::SUM;
+    for (size_t b = 0; b < buckets.size(); ++b) {
+      const auto& bucket = buckets[b];
+      const auto opts = params[bucket.front()].options();
       std::vector<torch::Tensor> pieces;
       pieces.reserve(bucket.size() + 1);
       // One flag per parameter ("gradient defined here") travels in the same buffer, so
       // undefined gradients need no extra collective.
-      torch::Tensor flags = torch::zeros({static_cast<int64_t>(bucket.size())}, opts);
-      auto flags_cpu = torch::zeros({static_cast<int64_t>(bucket.size())}, opts.device(torch::kCPU));
+      auto flags = torch::zeros({static_cast<int64_t>(bucket.size())}, opts.device(torch::kCPU));
       for (size_t k = 0; k < bucket.size(); ++k) {
         const auto& p = params[bucket[k]];
         const auto& g = p.grad();
@@ -398,27 +407,35 @@ class Distributed {
                     "average_gradients: sparse gradients are not supported");
         if (g.defined()) {
           pieces.push_back(g.reshape({-1}));
-          flags_cpu[static_cast<int64_t>(k)] = 1;
+          flags[static_cast<int64_t>(k)] = 1;
         } else {
           pieces.push_back(torch::zeros({p.numel()}, opts));
         }
       }
-      pieces.push_back(flags_cpu.to(opts.device()));
-      std::vector<torch::Tensor> flat{torch::cat(pieces)};
-      allreduce_sum_(flat);
-      flat[0].div_(static_cast<double>(world_size()));
-      const int64_t total = flat[0].numel();
-      torch::Tensor defined = flat[0]
-                                  .narrow(0, total - static_cast<int64_t>(bucket.size()),
-                                          static_cast<int64_t>(bucket.size()))
-                                  .gt(0)
-                                  .to(torch::kCPU);
+      pieces.push_back(flags.to(opts.device()));
+      flats[b].push_back(torch::cat(pieces));
+      try {
+        works.push_back(pg_->allreduce(flats[b], sum));
+      } catch (const std::exception& e) {
+        for (auto& w : works) wait(w, "gradient allreduce");
+        throw Error("rank " + std::to_string(rank()) + ": gradient allreduce failed: " +
+                    detail::dist_message(e));
+      }
+    }
+    // Phase 2: wait in order, divide by world_size, copy back.
+    for (size_t b = 0; b < buckets.size(); ++b) {
+      const auto& bucket = buckets[b];
+      wait(works[b], "gradient allreduce");
+      torch::Tensor flat = flats[b][0];
+      flat.div_(static_cast<double>(world_size()));
+      const int64_t nb = static_cast<int64_t>(bucket.size());
+      const torch::Tensor defined = flat.narrow(0, flat.numel() - nb, nb).gt(0).to(torch::kCPU);
       const bool* any = defined.data_ptr<bool>();
       int64_t offset = 0;
       for (size_t k = 0; k < bucket.size(); ++k) {
         torch::Tensor p = params[bucket[k]];
         const int64_t n = p.numel();
-        torch::Tensor avg = flat[0].narrow(0, offset, n).view(p.sizes());
+        torch::Tensor avg = flat.narrow(0, offset, n).view(p.sizes());
         offset += n;
         if (!any[k]) continue;
         if (p.grad().defined()) {

@@ -250,9 +250,11 @@ int scenario_train(double bucket_size_mb) {
 // ---------------------------------------------------------------------------------------
 // bench: average_gradients() time per step for a parameter set of the seed preset's size.
 
-int scenario_bench(int64_t n_params, int steps) {
+int scenario_bench(int64_t n_params, int steps, double bucket_mb) {
   torch::set_num_threads(1);
-  auto dist = ddpm::Distributed::from_env();
+  ddpm::DistributedOptions opts;
+  opts.bucket_size_mb = bucket_mb;
+  auto dist = ddpm::Distributed::from_env(opts);
   EXPECT(dist.has_value(), "needs the torchrun variables (use: launch 2 bench)");
   ddpm::Distributed& d = *dist;
   g_rank = d.rank();
@@ -279,8 +281,21 @@ int scenario_bench(int64_t n_params, int steps) {
     const auto t1 = std::chrono::steady_clock::now();
     if (s >= 3) times.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
   }
+  // The bare collective on one flat buffer of the same size, for comparison.
+  std::vector<double> bare;
+  std::vector<torch::Tensor> flat{torch::randn({total})};
+  for (int s = 0; s < steps + 3; ++s) {
+    d.barrier();
+    const auto t0 = std::chrono::steady_clock::now();
+    d.allreduce_sum_(flat);
+    const auto t1 = std::chrono::steady_clock::now();
+    if (s >= 3) bare.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
+  }
+  std::sort(bare.begin(), bare.end());
   std::sort(times.begin(), times.end());
   if (d.rank() == 0) {
+    std::cout << "bare allreduce of one " << total << "-float buffer: median "
+              << bare[bare.size() / 2] << " ms" << std::endl;
     std::cout << "average_gradients: " << total << " params in " << params.size() << " tensors, "
               << d.world_size() << " ranks, bucket " << d.options().bucket_size_mb
               << " MiB: median " << times[times.size() / 2] << " ms, min " << times.front()
@@ -461,10 +476,11 @@ int main(int argc, char** argv) {
     if (mode == "launch" && argc > 3) {
       return launch(std::stoi(argv[2]), std::vector<std::string>(argv + 3, argv + argc));
     }
-    if (mode == "train") return scenario_train(25.0);
+    if (mode == "train") return scenario_train(8.0);
     if (mode == "train_buckets") return scenario_train(0.0005);  // ~131 floats: many buckets
     if (mode == "bench") {
-      return scenario_bench(argc > 2 ? std::stoll(argv[2]) : 14000000, argc > 3 ? std::stoi(argv[3]) : 20);
+      return scenario_bench(argc > 2 ? std::stoll(argv[2]) : 14000000, argc > 3 ? std::stoi(argv[3]) : 20,
+                            argc > 4 ? std::stod(argv[4]) : 8.0);
     }
     if (mode == "sampler") return scenario_sampler();
     if (mode == "env_errors") return scenario_env_errors();
@@ -474,7 +490,7 @@ int main(int argc, char** argv) {
     fail(std::string("exception: ") + e.what());
   }
   std::cerr << "usage: " << argv[0]
-            << " launch N SCENARIO | train | train_buckets | bench [N_PARAMS [STEPS]] | sampler |"
+            << " launch N SCENARIO | train | train_buckets | bench [N_PARAMS [STEPS [BUCKET_MB]]] | sampler |"
                " env_errors | unreachable | missing_peer\n";
   return 2;
 }
