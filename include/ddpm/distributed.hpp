@@ -50,6 +50,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
+#include <functional>
 #include <map>
 #include <random>
 #include <string>
@@ -305,6 +306,24 @@ class Distributed {
   /// The c10d objects, for collectives this class does not wrap.
   const BackendPtr& process_group() const { return pg_; }
   const c10::intrusive_ptr<c10d::Store>& store() const { return store_; }
+
+  /// A hooks struct with members `rank`, `world_size` and the std::function members
+  /// `broadcast_parameters(Module&)`, `average_gradients(Module&)`, `barrier()` — e.g.
+  /// ddpm::TrainerHooks — bound to this object:
+  ///   auto dist = ddpm::Distributed::from_env();
+  ///   ddpm::TrainerHooks hooks;                        // single process by default
+  ///   if (dist) hooks = dist->hooks<ddpm::TrainerHooks>();
+  /// The lambdas hold `this`: keep this object alive and in place while they are used.
+  template <typename Hooks>
+  Hooks hooks() {
+    Hooks h;
+    h.rank = rank();
+    h.world_size = world_size();
+    h.broadcast_parameters = [this](torch::nn::Module& m) { broadcast_parameters(m); };
+    h.average_gradients = [this](torch::nn::Module& m) { average_gradients(m); };
+    h.barrier = [this] { barrier(); };
+    return h;
+  }
 
   /// Blocks until every rank has reached the barrier.
   void barrier() {

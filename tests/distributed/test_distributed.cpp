@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <functional>
 #include <iostream>
 #include <set>
 #include <sstream>
@@ -192,7 +193,17 @@ int scenario_train(double bucket_size_mb) {
   Net model;
   const double before = diff_to_root(d, flat_state(*model));
   if (d.rank() != 0) EXPECT(before > 1e-3, "models should differ before broadcast, diff " << before);
-  d.broadcast_parameters(*model);
+  // Through a hooks struct shaped like ddpm::TrainerHooks, as the trainer uses it.
+  struct Hooks {
+    int rank = 0;
+    int world_size = 1;
+    std::function<void(torch::nn::Module&)> broadcast_parameters;
+    std::function<void(torch::nn::Module&)> average_gradients;
+    std::function<void()> barrier;
+  };
+  const Hooks hooks = d.hooks<Hooks>();
+  EXPECT(hooks.rank == d.rank() && hooks.world_size == W, "hooks rank/world_size");
+  hooks.broadcast_parameters(*model);
   const double after = diff_to_root(d, flat_state(*model));
   EXPECT(after == 0.0, "parameters/buffers differ from rank 0 after broadcast by " << after);
 
@@ -208,19 +219,25 @@ int scenario_train(double bucket_size_mb) {
   const torch::Tensor unused_init = model->unused->weight.detach().clone();
 
   // Global batches, identical on every rank; rank r trains on rows [r B, (r+1) B).
-  const int64_t B = 3, K = 5;
+  // K steps of SGD with momentum (linear in the gradient: catches a wrong scale, which
+  // Adam would hide), then K steps of Adam (the trainer's optimizer).
+  const int64_t B = 3, K = 4;
   torch::manual_seed(7);
-  const torch::Tensor X = torch::randn({K, W * B, 3, 8, 8});
-  const torch::Tensor Y = torch::randn({K, W * B, 5});
+  const torch::Tensor X = torch::randn({2 * K, W * B, 3, 8, 8});
+  const torch::Tensor Y = torch::randn({2 * K, W * B, 5});
 
-  torch::optim::Adam opt(model->parameters(), torch::optim::AdamOptions(1e-2));
-  torch::optim::Adam ref_opt(ref->parameters(), torch::optim::AdamOptions(1e-2));
-  for (int64_t k = 0; k < K; ++k) {
+  torch::optim::SGD sgd(model->parameters(), torch::optim::SGDOptions(0.05).momentum(0.9));
+  torch::optim::SGD ref_sgd(ref->parameters(), torch::optim::SGDOptions(0.05).momentum(0.9));
+  torch::optim::Adam adam(model->parameters(), torch::optim::AdamOptions(1e-2));
+  torch::optim::Adam ref_adam(ref->parameters(), torch::optim::AdamOptions(1e-2));
+  for (int64_t k = 0; k < 2 * K; ++k) {
+    torch::optim::Optimizer& opt = k < K ? static_cast<torch::optim::Optimizer&>(sgd) : adam;
+    torch::optim::Optimizer& ref_opt = k < K ? static_cast<torch::optim::Optimizer&>(ref_sgd) : ref_adam;
     opt.zero_grad();
     auto x = X[k].narrow(0, d.rank() * B, B);
     auto y = Y[k].narrow(0, d.rank() * B, B);
     torch::mse_loss(model->forward(x), y).backward();
-    d.average_gradients(*model);
+    hooks.average_gradients(*model);
     opt.step();
 
     ref_opt.zero_grad();
@@ -242,7 +259,7 @@ int scenario_train(double bucket_size_mb) {
   EXPECT(vs_ref <= 1e-5, "data-parallel differs from single-process training by " << vs_ref);
   EXPECT(!model->unused->weight.grad().defined(), "an unused parameter got a gradient");
   EXPECT(torch::equal(model->unused->weight.detach(), unused_init), "unused parameter moved");
-  d.barrier();
+  hooks.barrier();
   std::cout << "ddpm distributed OK" << std::endl;
   return 0;
 }
