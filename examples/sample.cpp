@@ -1,0 +1,236 @@
+// sample: draws images from a trained model.
+//
+//   sample --checkpoint runs/fashion/ckpt-000003000.pt --out grid.png
+//   sample --diffusers path/to/pipeline --sampler ddim --steps 50 --out grid.png
+//
+// --checkpoint reads a train_cifar10 checkpoint (its EMA weights, schedule and
+// prediction type). --diffusers reads a diffusers folder: a pipeline folder
+// (model_index.json, unet/, scheduler/scheduler_config.json) or a flat one
+// (config.json, diffusion_pytorch_model.safetensors, scheduler_config.json); its
+// scheduler config governs the sampler, as diffusers' from_config does.
+// Exit status: 0 ok, 2 bad flags / paths / files, 1 other failures.
+#include <ddpm/io/diffusers.hpp>
+#include <ddpm/io/png.hpp>
+#include <ddpm/io/safetensors.hpp>
+#include <ddpm/sample.hpp>
+#include <ddpm/sampler.hpp>
+#include <ddpm/train/progress.hpp>
+#include <ddpm/train/trainer.hpp>
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
+#include <CLI/CLI.hpp>
+#include <torch/cuda.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+
+namespace fs = std::filesystem;
+
+namespace {
+
+int fail(const std::string& msg, int code = 2) {
+  std::fprintf(stderr, "sample: error: %s\n", msg.c_str());
+  return code;
+}
+
+struct DiffusersFolder {
+  std::string unet_dir;
+  std::string scheduler_config;
+};
+
+// Pipeline folder (model_index.json + unet/ + scheduler/) or flat folder.
+DiffusersFolder resolve_diffusers_folder(const std::string& dir) {
+  if (!fs::is_directory(dir)) throw ddpm::Error("--diffusers: '" + dir + "' is not a folder");
+  DiffusersFolder f;
+  if (fs::exists(fs::path(dir) / "model_index.json") || fs::is_directory(fs::path(dir) / "unet")) {
+    f.unet_dir = (fs::path(dir) / "unet").string();
+    f.scheduler_config = (fs::path(dir) / "scheduler" / "scheduler_config.json").string();
+    if (!fs::is_directory(f.unet_dir)) {
+      throw ddpm::Error("--diffusers: pipeline folder '" + dir + "' has no unet/ subfolder");
+    }
+  } else {
+    f.unet_dir = dir;
+    f.scheduler_config = (fs::path(dir) / "scheduler_config.json").string();
+    if (!fs::exists(fs::path(dir) / "config.json")) {
+      throw ddpm::Error("--diffusers: '" + dir +
+                        "' is neither a pipeline folder (model_index.json, unet/, scheduler/) nor a flat "
+                        "folder (config.json, diffusion_pytorch_model.safetensors, scheduler_config.json)");
+    }
+  }
+  if (!fs::exists(f.scheduler_config)) {
+    throw ddpm::Error("--diffusers: scheduler config '" + f.scheduler_config + "' is missing");
+  }
+  return f;
+}
+
+// diffusers writes Python's -Infinity (DPM-Solver's lambda_min_clipped): parse tolerantly.
+nlohmann::json read_scheduler_config(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw ddpm::Error("cannot open scheduler config '" + path + "'");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  try {
+    return nlohmann::json::parse(ddpm::detail::quote_nonfinite_literals(ss.str()));
+  } catch (const nlohmann::json::exception& e) {
+    throw ddpm::Error("invalid JSON in scheduler config '" + path + "': " + e.what());
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "Sample images from a diffusion model: a train_cifar10 checkpoint or a diffusers folder.\n"
+      "Writes a PNG grid (--out), optionally every image as its own PNG (--save-images) and the\n"
+      "final samples in model space as safetensors (--output-tensor).",
+      "sample"};
+  std::string checkpoint, diffusers, sampler_name, out = "samples.png", images_dir, latents_path, output_tensor,
+                                                    device_name = "auto";
+  int64_t steps = 50, num_samples = 16, nrow = 0;
+  uint64_t seed = 0;
+  double eta = 0.0;
+  int threads = 0;
+  auto* ckpt_opt = app.add_option("--checkpoint", checkpoint, "train_cifar10 checkpoint file (ckpt-N.pt); samples its EMA weights")
+                       ->check(CLI::ExistingFile);
+  auto* diff_opt = app.add_option("--diffusers", diffusers,
+                                  "diffusers folder: pipeline (model_index.json, unet/, scheduler/) or flat "
+                                  "(config.json, weights, scheduler_config.json)")
+                       ->check(CLI::ExistingDirectory);
+  ckpt_opt->excludes(diff_opt);
+  app.add_option("--sampler", sampler_name,
+                 "ddpm, ddim or dpm++ (default: the folder's scheduler class; ddim for checkpoints); the "
+                 "scheduler config's schedule, prediction type, clipping and spacing apply")
+      ->check(CLI::IsMember({"ddpm", "ddim", "dpm++"}));
+  app.add_option("--steps", steps, "number of denoising steps (default 50)")->check(CLI::PositiveNumber);
+  app.add_option("--seed", seed, "seed of the initial noise and of stochastic samplers (default 0)");
+  app.add_option("--num-samples", num_samples, "images to draw (default 16; with --latents: their batch size)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--out", out, "PNG grid to write (default samples.png)");
+  app.add_option("--nrow", nrow, "images per grid row (default: square grid)")->check(CLI::NonNegativeNumber);
+  app.add_option("--save-images", images_dir, "also write each image as DIR/sample-NNNN.png");
+  app.add_option("--latents", latents_path,
+                 "start from this noise: safetensors file with tensor \"latents\" [B, C, H, W]")
+      ->check(CLI::ExistingFile);
+  app.add_option("--output-tensor", output_tensor,
+                 "write the final samples in model space (before mapping to [0, 1]) as safetensors tensor \"images\"");
+  app.add_option("--eta", eta, "DDIM stochasticity: 0 deterministic (default), 1 DDPM-like")->check(CLI::Range(0.0, 10.0));
+  app.add_option("--device", device_name, "auto (CUDA when available), cpu or cuda")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
+  app.add_option("--threads", threads, "CPU threads (0 = all cores)")->check(CLI::NonNegativeNumber);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int rc = app.exit(e);
+    return rc == 0 ? 0 : 2;
+  }
+  if (checkpoint.empty() && diffusers.empty()) return fail("give --checkpoint FILE or --diffusers DIR (see --help)");
+  if (app.count("--eta") && !sampler_name.empty() && sampler_name != "ddim") {
+    return fail("--eta applies to --sampler ddim only");
+  }
+  for (const std::string& path : {out, output_tensor}) {
+    if (path.empty()) continue;
+    const auto parent = fs::path(path).parent_path();
+    if (!parent.empty() && !fs::is_directory(parent)) return fail("output folder '" + parent.string() + "' does not exist");
+  }
+
+  at::set_num_threads(threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  const bool cuda = torch::cuda::is_available();
+  if (device_name == "cuda" && !cuda) return fail("--device cuda: CUDA is not available");
+  const torch::Device device = (device_name == "cuda" || (device_name == "auto" && cuda)) ? torch::Device(torch::kCUDA)
+                                                                                          : torch::Device(torch::kCPU);
+  try {
+    ddpm::UNet unet{nullptr};
+    nlohmann::json scheduler_config;
+    c10::optional<ddpm::SamplerKind> kind;
+    if (!sampler_name.empty()) {
+      kind = sampler_name == "ddpm" ? ddpm::SamplerKind::DDPM
+             : sampler_name == "ddim" ? ddpm::SamplerKind::DDIM
+                                      : ddpm::SamplerKind::DPMSolver;
+    }
+    if (!checkpoint.empty()) {
+      auto loaded = ddpm::load_training_checkpoint(checkpoint, device);
+      unet = loaded.ema_model;
+      scheduler_config = loaded.scheduler_config;
+      if (!kind) kind = ddpm::SamplerKind::DDIM;
+      std::fprintf(stderr, "sample: checkpoint %s (step %lld)\n", checkpoint.c_str(),
+                   static_cast<long long>(loaded.step));
+    } else {
+      const auto folder = resolve_diffusers_folder(diffusers);
+      unet = ddpm::load_diffusers_unet(folder.unet_dir);
+      unet->to(device);
+      scheduler_config = read_scheduler_config(folder.scheduler_config);
+    }
+    auto sampler = ddpm::make_sampler(scheduler_config, kind);
+    if (app.count("--eta")) {
+      if (sampler.kind() != ddpm::SamplerKind::DDIM) return fail("--eta applies to the DDIM sampler only");
+      scheduler_config["eta"] = eta;
+      sampler = ddpm::make_sampler(scheduler_config, ddpm::SamplerKind::DDIM);
+    }
+    std::fprintf(stderr, "sample: %s sampler, %lld steps\n", ddpm::sampler_kind_name(sampler.kind()).c_str(),
+                 static_cast<long long>(steps));
+    sampler.set_timesteps(steps);
+    unet->eval();
+
+    auto gen = at::detail::createCPUGenerator(seed);
+    torch::Tensor x_T;
+    const auto& uo = unet->options;
+    if (!latents_path.empty()) {
+      const auto tensors = ddpm::load_safetensors(latents_path);
+      auto it = tensors.find("latents");
+      if (it == tensors.end()) return fail("--latents: '" + latents_path + "' has no tensor named \"latents\"");
+      x_T = it->second.to(torch::kFloat32);
+      if (x_T.dim() != 4 || x_T.size(1) != uo.in_channels()) {
+        return fail("--latents: tensor \"latents\" in '" + latents_path + "' must be [B, " +
+                    std::to_string(uo.in_channels()) + ", H, W], got " + c10::str(x_T.sizes()));
+      }
+      if (app.count("--num-samples") && x_T.size(0) != num_samples) {
+        return fail("--num-samples " + std::to_string(num_samples) + " disagrees with the " +
+                    std::to_string(x_T.size(0)) + " latents in '" + latents_path + "'");
+      }
+    } else {
+      const int64_t size = uo.sample_size() > 0 ? uo.sample_size() : 32;
+      x_T = torch::randn({num_samples, uo.in_channels(), size, size}, gen, torch::TensorOptions().dtype(torch::kFloat32)) *
+            sampler.init_noise_sigma();
+    }
+    ddpm::ProgressBar bar(static_cast<int64_t>(sampler.timesteps().size()), 0, "sample");
+    torch::Tensor images;
+    {
+      torch::NoGradGuard no_grad;
+      images = ddpm::sample_from(unet, sampler, x_T.to(device), gen, [&](const ddpm::SampleStep& s) {
+                 bar.update(s.index + 1);
+                 return true;
+               }).to(torch::kCPU);
+    }
+    bar.finish();
+    if (!output_tensor.empty()) {
+      ddpm::save_safetensors(output_tensor, {{"images", images.contiguous()}}, {{"format", "pt"}});
+      std::fprintf(stderr, "sample: wrote %s (tensor \"images\" %s)\n", output_tensor.c_str(),
+                   c10::str(images.sizes()).c_str());
+    }
+    ddpm::save_image_grid(out, images, ddpm::ImageRange::MinusOneToOne, nrow);
+    std::fprintf(stderr, "sample: wrote %s (%lld images)\n", out.c_str(), static_cast<long long>(images.size(0)));
+    if (!images_dir.empty()) {
+      fs::create_directories(images_dir);
+      for (int64_t i = 0; i < images.size(0); ++i) {
+        char name[32];
+        std::snprintf(name, sizeof name, "sample-%04lld.png", static_cast<long long>(i));
+        ddpm::write_png((fs::path(images_dir) / name).string(), images[i], ddpm::ImageRange::MinusOneToOne);
+      }
+      std::fprintf(stderr, "sample: wrote %lld images to %s/\n", static_cast<long long>(images.size(0)),
+                   images_dir.c_str());
+    }
+    return 0;
+  } catch (const ddpm::Error& e) {
+    return fail(e.what());
+  } catch (const c10::Error& e) {
+    return fail(e.what_without_backtrace(), 1);
+  } catch (const std::exception& e) {
+    return fail(e.what(), 1);
+  }
+}

@@ -1,0 +1,198 @@
+// train_cifar10: trains a DDPM UNet on CIFAR-10, Fashion-MNIST or MNIST.
+//
+//   train_cifar10 --config examples/configs/fashion_mnist.json --out runs/fashion
+//   train_cifar10 --data ~/data/cifar-10-batches-bin --model ddpm-cifar10 --out runs/cifar
+//
+// Rerunning with the same --out resumes from the newest checkpoint there. Every
+// key of the JSON config is described in docs/training.md; flags override it.
+// Exit status: 0 done (also after a time limit or SIGINT/SIGTERM, with a checkpoint
+// saved), 1 training failure (e.g. NaN loss), 2 bad flags, paths, config or data.
+#include <ddpm/train/trainer.hpp>
+
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <string>
+
+namespace {
+
+int fail(const std::string& msg, int code = 2) {
+  std::fprintf(stderr, "train_cifar10: error: %s\n", msg.c_str());
+  return code;
+}
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "Train a denoising diffusion model (DDPM, Ho et al. 2020) on CIFAR-10, Fashion-MNIST or MNIST.\n"
+      "Writes config.json, metrics.jsonl, loss.png, samples/step-N.png and checkpoints to --out;\n"
+      "rerunning with the same --out resumes. Without --data, Debian's Fashion-MNIST\n"
+      "(/usr/share/datasets/fashion-mnist) is used. Config keys: docs/training.md.",
+      "train_cifar10"};
+  std::string config_path, data, dataset, out, model, device, sampler, optimizer, lr_schedule, prediction,
+      mixed_precision;
+  int64_t steps = 0, batch_size = 0, seed = 0, sample_every = 0, checkpoint_every = 0, warmup = 0, sample_steps = 0,
+          sample_count = 0, log_every = 0;
+  int threads = 0, keep = 0;
+  double lr = 0, time_limit = 0, grad_clip = 0, ema_decay = 0, weight_decay = 0;
+
+  app.add_option("--config", config_path, "JSON training config (every key: docs/training.md); flags override it")
+      ->check(CLI::ExistingFile);
+  app.add_option("--data", data,
+                 "dataset folder (CIFAR-10 .bin files / cifar-10-batches-bin, a cifar-10-binary.tar.gz, or "
+                 "MNIST-style *-ubyte[.gz]); default /usr/share/datasets/fashion-mnist");
+  app.add_option("--dataset", dataset, "dataset format; detected from the files when omitted")
+      ->check(CLI::IsMember({"cifar10", "fashion-mnist", "mnist"}));
+  app.add_option("--out", out, "output folder (default runs/default); rerun with the same folder to resume");
+  app.add_option("--model", model,
+                 "UNet: 'seed' (6.9M params), 'ddpm-cifar10' (35.7M, Ho et al.) or a UNet config .json "
+                 "(diffusers config.json format); channels follow the data");
+  app.add_option("--steps", steps, "total training steps")->check(CLI::NonNegativeNumber);
+  app.add_option("--time-limit", time_limit,
+                 "stop after this many minutes (checkpoint + final sample grid); 0 = no limit")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--batch-size", batch_size, "images per step (per process)")->check(CLI::PositiveNumber);
+  app.add_option("--lr", lr, "peak learning rate")->check(CLI::PositiveNumber);
+  app.add_option("--warmup-steps", warmup, "linear LR warmup steps")->check(CLI::NonNegativeNumber);
+  app.add_option("--lr-schedule", lr_schedule, "LR after warmup: constant or cosine (to 0 at --steps)")
+      ->check(CLI::IsMember({"constant", "cosine"}));
+  app.add_option("--optimizer", optimizer, "adamw or adam")->check(CLI::IsMember({"adamw", "adam"}));
+  app.add_option("--weight-decay", weight_decay, "weight decay")->check(CLI::NonNegativeNumber);
+  app.add_option("--grad-clip", grad_clip, "clip the gradient norm to this (0 = off)")->check(CLI::NonNegativeNumber);
+  app.add_option("--ema-decay", ema_decay, "EMA decay of the sampling weights")->check(CLI::Range(0.0, 1.0));
+  app.add_option("--prediction-type", prediction, "what the model predicts: epsilon, sample or v_prediction")
+      ->check(CLI::IsMember({"epsilon", "sample", "v_prediction"}));
+  app.add_option("--seed", seed, "random seed (init, data order, noise)")->check(CLI::NonNegativeNumber);
+  app.add_option("--device", device, "auto (CUDA when available), cpu or cuda")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
+  app.add_option("--mixed-precision", mixed_precision, "CUDA autocast: auto, none, bf16 or fp16")
+      ->check(CLI::IsMember({"auto", "none", "bf16", "fp16"}));
+  app.add_option("--threads", threads, "CPU threads (0 = all cores)")->check(CLI::NonNegativeNumber);
+  app.add_option("--sample-every", sample_every, "write a sample grid every N steps (0 = only at the end)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--sample-count", sample_count, "images per sample grid")->check(CLI::PositiveNumber);
+  app.add_option("--sampler", sampler, "sampler for the grids: ddpm, ddim or dpm++")
+      ->check(CLI::IsMember({"ddpm", "ddim", "dpm++"}));
+  app.add_option("--sample-steps", sample_steps, "denoising steps for the grids")->check(CLI::PositiveNumber);
+  app.add_option("--checkpoint-every", checkpoint_every, "write a checkpoint every N steps (0 = only at the end)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--keep-checkpoints", keep, "how many checkpoints to keep")->check(CLI::PositiveNumber);
+  app.add_option("--log-every", log_every, "metrics.jsonl line every N steps")->check(CLI::PositiveNumber);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int rc = app.exit(e);
+    return rc == 0 ? 0 : 2;
+  }
+
+  ddpm::TrainConfig cfg;
+  try {
+    nlohmann::json base = nlohmann::json::object();
+    const std::string out_flag = app.count("--out") ? out : "";
+    if (!config_path.empty()) {
+      base = ddpm::detail::read_json_file(config_path);
+    } else if (!out_flag.empty() && std::filesystem::exists(out_flag + "/config.json")) {
+      base = ddpm::detail::read_json_file(out_flag + "/config.json");
+      std::fprintf(stderr, "train_cifar10: using the saved config %s/config.json (resuming)\n", out_flag.c_str());
+    }
+    // Flags override the file.
+    auto set = [&](const char* flag, const char* key, const nlohmann::json& value) {
+      if (app.count(flag)) base[key] = value;
+    };
+    set("--data", "data_dir", data);
+    set("--dataset", "dataset", dataset);
+    set("--out", "out_dir", out);
+    set("--steps", "steps", steps);
+    set("--time-limit", "time_limit_minutes", time_limit);
+    set("--batch-size", "batch_size", batch_size);
+    set("--lr", "lr", lr);
+    set("--warmup-steps", "warmup_steps", warmup);
+    set("--lr-schedule", "lr_schedule", lr_schedule);
+    set("--optimizer", "optimizer", optimizer);
+    set("--weight-decay", "weight_decay", weight_decay);
+    set("--grad-clip", "grad_clip", grad_clip);
+    set("--ema-decay", "ema_decay", ema_decay);
+    set("--seed", "seed", seed);
+    set("--device", "device", device);
+    set("--mixed-precision", "mixed_precision", mixed_precision);
+    set("--threads", "num_threads", threads);
+    set("--sample-every", "sample_every", sample_every);
+    set("--sample-count", "sample_count", sample_count);
+    set("--sampler", "sampler", sampler);
+    set("--sample-steps", "sample_steps", sample_steps);
+    set("--checkpoint-every", "checkpoint_every", checkpoint_every);
+    set("--keep-checkpoints", "keep_checkpoints", keep);
+    set("--log-every", "log_every", log_every);
+    if (app.count("--prediction-type")) {
+      if (!base.contains("objective") || !base["objective"].is_object()) base["objective"] = nlohmann::json::object();
+      base["objective"]["prediction_type"] = prediction;
+    }
+    if (app.count("--model")) {
+      if (ends_with(model, ".json") && !std::filesystem::exists(model)) {
+        return fail("--model: UNet config file '" + model + "' does not exist");
+      }
+      base["model"] = model;
+    }
+    cfg = base.get<ddpm::TrainConfig>();
+  } catch (const ddpm::Error& e) {
+    return fail(std::string(e.what()) + (config_path.empty() ? "" : " (config: " + config_path + ")"));
+  } catch (const nlohmann::json::exception& e) {
+    return fail(std::string("bad config: ") + e.what());
+  }
+
+  if (!std::filesystem::exists(cfg.data_dir)) {
+    std::string msg = "data path '" + cfg.data_dir + "' does not exist.";
+    if (cfg.dataset == ddpm::DatasetKind::Cifar10 || cfg.dataset == ddpm::DatasetKind::Auto) {
+      msg += " " + ddpm::cifar10_download_hint() + ".";
+    }
+    if (cfg.data_dir == ddpm::kDefaultDataDir) {
+      msg += " The default data is Fashion-MNIST from Debian: apt install dataset-fashion-mnist.";
+    }
+    return fail(msg);
+  }
+
+  try {
+    ddpm::Trainer trainer(cfg);
+    const auto res = trainer.run();
+    const std::string out_dir = trainer.config().out_dir;
+    switch (res.status) {
+      case ddpm::RunStatus::NonFiniteLoss:
+        return fail(res.message, 1);
+      case ddpm::RunStatus::Interrupted:
+        std::fprintf(stderr,
+                     "train_cifar10: %s at step %lld; checkpoint saved to %s. Rerun the same command to resume.\n",
+                     res.message.c_str(), static_cast<long long>(res.step), res.checkpoint.c_str());
+        return 0;
+      case ddpm::RunStatus::TimeLimit:
+        std::fprintf(stderr, "train_cifar10: %s at step %lld of %lld; rerun the same command to continue.\n",
+                     res.message.c_str(), static_cast<long long>(res.step),
+                     static_cast<long long>(trainer.config().steps));
+        break;
+      case ddpm::RunStatus::Completed:
+        std::fprintf(stderr, "train_cifar10: %s\n", res.message.c_str());
+        break;
+    }
+    if (!res.sample_grid.empty()) std::fprintf(stderr, "  samples:    %s\n", res.sample_grid.c_str());
+    std::fprintf(stderr, "  loss curve: %s/loss.png\n  metrics:    %s/metrics.jsonl\n", out_dir.c_str(),
+                 out_dir.c_str());
+    if (!res.checkpoint.empty()) {
+      std::fprintf(stderr, "  checkpoint: %s\n  sample more: sample --checkpoint %s --out more.png\n",
+                   res.checkpoint.c_str(), res.checkpoint.c_str());
+    }
+    return 0;
+  } catch (const ddpm::Error& e) {
+    return fail(e.what());
+  } catch (const c10::Error& e) {
+    return fail(e.what_without_backtrace(), 1);
+  } catch (const std::exception& e) {
+    return fail(e.what(), 1);
+  }
+}
