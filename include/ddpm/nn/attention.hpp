@@ -35,7 +35,7 @@ struct AttentionBlockOptions {
 /// Parameter names match diffusers: group_norm, to_q, to_k, to_v, to_out.0.
 class AttentionBlockImpl : public torch::nn::Cloneable<AttentionBlockImpl> {
  public:
-  explicit AttentionBlockImpl(AttentionBlockOptions options) : options(std::move(options)) {
+  explicit AttentionBlockImpl(AttentionBlockOptions opts) : options(std::move(opts)) {
     reset();
   }
 

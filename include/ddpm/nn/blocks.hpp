@@ -50,7 +50,7 @@ struct DownBlockOutput {
 /// downsamplers.0.conv (diffusers layout).
 class DownBlockImpl : public torch::nn::Cloneable<DownBlockImpl> {
  public:
-  explicit DownBlockImpl(DownBlockOptions options) : options(std::move(options)) { reset(); }
+  explicit DownBlockImpl(DownBlockOptions opts) : options(std::move(opts)) { reset(); }
 
   void reset() override {
     const auto& o = options;
@@ -134,7 +134,7 @@ struct UpBlockOptions {
 /// upsamplers.0.conv.
 class UpBlockImpl : public torch::nn::Cloneable<UpBlockImpl> {
  public:
-  explicit UpBlockImpl(UpBlockOptions options) : options(std::move(options)) { reset(); }
+  explicit UpBlockImpl(UpBlockOptions opts) : options(std::move(opts)) { reset(); }
 
   void reset() override {
     const auto& o = options;
@@ -211,7 +211,7 @@ struct MidBlockOptions {
 /// (no attention when add_attention is false).
 class MidBlockImpl : public torch::nn::Cloneable<MidBlockImpl> {
  public:
-  explicit MidBlockImpl(MidBlockOptions options) : options(std::move(options)) { reset(); }
+  explicit MidBlockImpl(MidBlockOptions opts) : options(std::move(opts)) { reset(); }
 
   void reset() override {
     const auto& o = options;

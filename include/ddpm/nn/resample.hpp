@@ -25,7 +25,7 @@ struct DownsampleOptions {
 /// Parameter names: conv.{weight,bias}.
 class DownsampleImpl : public torch::nn::Cloneable<DownsampleImpl> {
  public:
-  explicit DownsampleImpl(DownsampleOptions options) : options(std::move(options)) { reset(); }
+  explicit DownsampleImpl(DownsampleOptions opts) : options(std::move(opts)) { reset(); }
   void reset() override {
     TORCH_CHECK(options.padding() >= 0, "Downsample: padding must be >= 0, got ", options.padding());
     conv = register_module(
@@ -57,7 +57,7 @@ struct UpsampleOptions {
 /// Parameter names: conv.{weight,bias}.
 class UpsampleImpl : public torch::nn::Cloneable<UpsampleImpl> {
  public:
-  explicit UpsampleImpl(UpsampleOptions options) : options(std::move(options)) { reset(); }
+  explicit UpsampleImpl(UpsampleOptions opts) : options(std::move(opts)) { reset(); }
   void reset() override {
     conv = register_module(
         "conv", torch::nn::Conv2d(

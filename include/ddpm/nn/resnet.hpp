@@ -69,7 +69,7 @@ struct ResnetBlockOptions {
 ///   out = (shortcut(x) + h) / output_scale_factor,  shortcut = 1x1 conv_shortcut iff Cin != Cout.
 class ResnetBlockImpl : public torch::nn::Cloneable<ResnetBlockImpl> {
  public:
-  explicit ResnetBlockImpl(ResnetBlockOptions options) : options(std::move(options)) { reset(); }
+  explicit ResnetBlockImpl(ResnetBlockOptions opts) : options(std::move(opts)) { reset(); }
 
   void reset() override {
     const auto& o = options;

@@ -79,7 +79,7 @@ struct TimeEmbeddingOptions {
 /// Parameter names match diffusers: linear_1.{weight,bias}, linear_2.{weight,bias}.
 class TimeEmbeddingImpl : public torch::nn::Cloneable<TimeEmbeddingImpl> {
  public:
-  explicit TimeEmbeddingImpl(TimeEmbeddingOptions options) : options(std::move(options)) { reset(); }
+  explicit TimeEmbeddingImpl(TimeEmbeddingOptions opts) : options(std::move(opts)) { reset(); }
 
   void reset() override {
     TORCH_CHECK(options.channels() >= 2 && options.embed_dim() >= 1,

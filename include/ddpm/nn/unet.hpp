@@ -342,7 +342,7 @@ struct UNetDebugOutput {
 /// up_blocks.i.{...,upsamplers}, mid_block.{attentions,resnets}, conv_norm_out, conv_out.
 class UNetImpl : public torch::nn::Cloneable<UNetImpl> {
  public:
-  explicit UNetImpl(UNetOptions options) : options(std::move(options)) { reset(); }
+  explicit UNetImpl(UNetOptions opts) : options(std::move(opts)) { reset(); }
 
   void reset() override {
     const auto& o = options;
