@@ -92,20 +92,20 @@ struct LossOutput {
 
 namespace detail {
 
-inline std::string shape_str(at::IntArrayRef s) {
+inline std::string fd_shape_str(at::IntArrayRef s) {
   std::ostringstream os;
   os << s;
   return os.str();
 }
 
 /// `gen` if defined, else the default generator.
-inline c10::optional<at::Generator> optional_generator(const at::Generator& gen) {
+inline c10::optional<at::Generator> generator_or_default(const at::Generator& gen) {
   if (gen.defined()) return gen;
   return c10::nullopt;
 }
 
 /// Checks t is an integer [B] tensor with every entry in [0, T) (B = x.size(0) when x is given).
-inline void check_timesteps(const torch::Tensor& t, const torch::Tensor& x, int64_t T,
+inline void check_timestep_batch(const torch::Tensor& t, const torch::Tensor& x, int64_t T,
                             const char* where) {
   TORCH_CHECK(t.defined(), where, ": timesteps t is undefined");
   TORCH_CHECK(t.dim() == 1, where, ": timesteps t must be 1-D [B], got shape ", t.sizes());
@@ -118,8 +118,9 @@ inline void check_timesteps(const torch::Tensor& t, const torch::Tensor& x, int6
                 " but the batch has shape ", x.sizes(), " (need t of shape [", x.size(0), "])");
   }
   if (t.numel() == 0) return;
-  const int64_t lo = t.min().item<int64_t>();
-  const int64_t hi = t.max().item<int64_t>();
+  const auto range = torch::stack({t.min(), t.max()}).to(torch::kCPU, torch::kLong);  // one sync
+  const int64_t lo = range[0].item<int64_t>();
+  const int64_t hi = range[1].item<int64_t>();
   TORCH_CHECK(lo >= 0 && hi < T, where, ": timestep ", (lo < 0 ? lo : hi),
               " is out of range [0, ", T, ")");
 }
@@ -132,7 +133,7 @@ inline void check_same_shape(const torch::Tensor& a, const char* an, const torch
 }
 
 /// arr[t] reshaped to [B, 1, ..., 1] (ndim of `like`), on like's device and in like's dtype.
-inline torch::Tensor extract(const torch::Tensor& arr, const torch::Tensor& t,
+inline torch::Tensor extract_per_sample(const torch::Tensor& arr, const torch::Tensor& t,
                              const torch::Tensor& like) {
   auto v = arr.to(like.device()).index_select(0, t.to(like.device(), torch::kLong)).to(like.scalar_type());
   std::vector<int64_t> shape(static_cast<size_t>(like.dim()), 1);
@@ -161,25 +162,25 @@ class ForwardDiffuser {
   torch::Tensor q_sample(const torch::Tensor& x0, const torch::Tensor& t,
                          const torch::Tensor& noise) const {
     detail::check_same_shape(x0, "x0", noise, "noise", "ForwardDiffuser::q_sample");
-    detail::check_timesteps(t, x0, num_train_timesteps(), "ForwardDiffuser::q_sample");
-    return detail::extract(schedule_.sqrt_alphas_cumprod(), t, x0) * x0 +
-           detail::extract(schedule_.sqrt_one_minus_alphas_cumprod(), t, x0) * noise;
+    detail::check_timestep_batch(t, x0, num_train_timesteps(), "ForwardDiffuser::q_sample");
+    return detail::extract_per_sample(schedule_.sqrt_alphas_cumprod(), t, x0) * x0 +
+           detail::extract_per_sample(schedule_.sqrt_one_minus_alphas_cumprod(), t, x0) * noise;
   }
 
   /// v = sqrt(abar_t) noise - sqrt(1 - abar_t) x0 (diffusers get_velocity); [B, ...].
   torch::Tensor velocity(const torch::Tensor& x0, const torch::Tensor& noise,
                          const torch::Tensor& t) const {
     detail::check_same_shape(x0, "x0", noise, "noise", "ForwardDiffuser::velocity");
-    detail::check_timesteps(t, x0, num_train_timesteps(), "ForwardDiffuser::velocity");
-    return detail::extract(schedule_.sqrt_alphas_cumprod(), t, x0) * noise -
-           detail::extract(schedule_.sqrt_one_minus_alphas_cumprod(), t, x0) * x0;
+    detail::check_timestep_batch(t, x0, num_train_timesteps(), "ForwardDiffuser::velocity");
+    return detail::extract_per_sample(schedule_.sqrt_alphas_cumprod(), t, x0) * noise -
+           detail::extract_per_sample(schedule_.sqrt_one_minus_alphas_cumprod(), t, x0) * x0;
   }
 
   /// The regression target for options().prediction_type(): noise, x0 or v; [B, ...].
   torch::Tensor target(const torch::Tensor& x0, const torch::Tensor& noise,
                        const torch::Tensor& t) const {
     detail::check_same_shape(x0, "x0", noise, "noise", "ForwardDiffuser::target");
-    detail::check_timesteps(t, x0, num_train_timesteps(), "ForwardDiffuser::target");
+    detail::check_timestep_batch(t, x0, num_train_timesteps(), "ForwardDiffuser::target");
     switch (options_.prediction_type()) {
       case PredictionType::Epsilon: return noise;
       case PredictionType::Sample: return x0;
@@ -193,9 +194,9 @@ class ForwardDiffuser {
   torch::Tensor pred_x0(const torch::Tensor& model_output, const torch::Tensor& x_t,
                         const torch::Tensor& t) const {
     detail::check_same_shape(model_output, "model_output", x_t, "x_t", "ForwardDiffuser::pred_x0");
-    detail::check_timesteps(t, x_t, num_train_timesteps(), "ForwardDiffuser::pred_x0");
-    const auto a = detail::extract(schedule_.sqrt_alphas_cumprod(), t, x_t);
-    const auto s = detail::extract(schedule_.sqrt_one_minus_alphas_cumprod(), t, x_t);
+    detail::check_timestep_batch(t, x_t, num_train_timesteps(), "ForwardDiffuser::pred_x0");
+    const auto a = detail::extract_per_sample(schedule_.sqrt_alphas_cumprod(), t, x_t);
+    const auto s = detail::extract_per_sample(schedule_.sqrt_one_minus_alphas_cumprod(), t, x_t);
     switch (options_.prediction_type()) {
       case PredictionType::Epsilon: return (x_t - s * model_output) / a;
       case PredictionType::Sample: return model_output;
@@ -209,9 +210,9 @@ class ForwardDiffuser {
   torch::Tensor pred_epsilon(const torch::Tensor& model_output, const torch::Tensor& x_t,
                              const torch::Tensor& t) const {
     detail::check_same_shape(model_output, "model_output", x_t, "x_t", "ForwardDiffuser::pred_epsilon");
-    detail::check_timesteps(t, x_t, num_train_timesteps(), "ForwardDiffuser::pred_epsilon");
-    const auto a = detail::extract(schedule_.sqrt_alphas_cumprod(), t, x_t);
-    const auto s = detail::extract(schedule_.sqrt_one_minus_alphas_cumprod(), t, x_t);
+    detail::check_timestep_batch(t, x_t, num_train_timesteps(), "ForwardDiffuser::pred_epsilon");
+    const auto a = detail::extract_per_sample(schedule_.sqrt_alphas_cumprod(), t, x_t);
+    const auto s = detail::extract_per_sample(schedule_.sqrt_one_minus_alphas_cumprod(), t, x_t);
     switch (options_.prediction_type()) {
       case PredictionType::Epsilon: return model_output;
       case PredictionType::Sample: return (x_t - a * model_output) / s;
@@ -224,12 +225,12 @@ class ForwardDiffuser {
   PosteriorOutput q_posterior(const torch::Tensor& x0, const torch::Tensor& x_t,
                               const torch::Tensor& t) const {
     detail::check_same_shape(x0, "x0", x_t, "x_t", "ForwardDiffuser::q_posterior");
-    detail::check_timesteps(t, x0, num_train_timesteps(), "ForwardDiffuser::q_posterior");
+    detail::check_timestep_batch(t, x0, num_train_timesteps(), "ForwardDiffuser::q_posterior");
     PosteriorOutput out;
-    out.mean = detail::extract(schedule_.posterior_mean_coef1(), t, x0) * x0 +
-               detail::extract(schedule_.posterior_mean_coef2(), t, x0) * x_t;
-    out.variance = detail::extract(schedule_.posterior_variance(), t, x0);
-    out.log_variance_clipped = detail::extract(schedule_.posterior_log_variance_clipped(), t, x0);
+    out.mean = detail::extract_per_sample(schedule_.posterior_mean_coef1(), t, x0) * x0 +
+               detail::extract_per_sample(schedule_.posterior_mean_coef2(), t, x0) * x_t;
+    out.variance = detail::extract_per_sample(schedule_.posterior_variance(), t, x0);
+    out.log_variance_clipped = detail::extract_per_sample(schedule_.posterior_log_variance_clipped(), t, x0);
     return out;
   }
 
@@ -237,7 +238,7 @@ class ForwardDiffuser {
   /// one means the default generator).
   torch::Tensor sample_timesteps(int64_t batch, torch::Generator gen) const {
     TORCH_CHECK(batch >= 0, "ForwardDiffuser::sample_timesteps: batch must be >= 0, got ", batch);
-    return torch::randint(0, num_train_timesteps(), {batch}, detail::optional_generator(gen),
+    return torch::randint(0, num_train_timesteps(), {batch}, detail::generator_or_default(gen),
                           torch::TensorOptions().dtype(torch::kLong));
   }
 
@@ -246,7 +247,7 @@ class ForwardDiffuser {
   /// where SNR = 0 (zero-terminal-SNR last step) an epsilon weight of 0/0 is replaced by 1
   /// as diffusers' training scripts do.
   torch::Tensor loss_weights(const torch::Tensor& t) const {
-    detail::check_timesteps(t, torch::Tensor(), num_train_timesteps(), "ForwardDiffuser::loss_weights");
+    detail::check_timestep_batch(t, torch::Tensor(), num_train_timesteps(), "ForwardDiffuser::loss_weights");
     const auto opts = torch::TensorOptions().dtype(torch::kFloat32).device(t.device());
     if (options_.loss_weighting() == LossWeighting::None) return torch::ones({t.size(0)}, opts);
     const auto snr = schedule_.snr().to(t.device()).index_select(0, t.to(torch::kLong)).to(torch::kFloat64);
@@ -270,11 +271,11 @@ class ForwardDiffuser {
   LossOutput loss(Model&& model, const torch::Tensor& x0, torch::Generator gen) const {
     TORCH_CHECK(x0.defined() && x0.dim() >= 1 && x0.size(0) > 0,
                 "ForwardDiffuser::loss: x0 must be a non-empty batch [B, ...], got ",
-                x0.defined() ? detail::shape_str(x0.sizes()) : std::string("undefined"));
+                x0.defined() ? detail::fd_shape_str(x0.sizes()) : std::string("undefined"));
     TORCH_CHECK(at::isFloatingType(x0.scalar_type()), "ForwardDiffuser::loss: x0 must be floating point, got ",
                 x0.scalar_type());
     LossOutput out;
-    const auto g = detail::optional_generator(gen);
+    const auto g = detail::generator_or_default(gen);
     const auto draw_dtype = x0.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
     out.t = sample_timesteps(x0.size(0), gen).to(x0.device());
     out.noise = torch::randn(x0.sizes(), g, torch::TensorOptions().dtype(draw_dtype))
