@@ -9,6 +9,7 @@
 #include <ddpm/detail/flops.hpp>
 #include <ddpm/forward_diffuser.hpp>
 #include <ddpm/nn/unet.hpp>
+#include <ddpm/runtime.hpp>
 #include <ddpm/schedule.hpp>
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -54,6 +55,9 @@ struct Args {
   std::string grad_mode = "inference";
   int64_t batch_size = 1;
   int64_t threads = 2;
+  /// OpenBLAS threads while the model runs (-1 = same as threads). The sgemm reference always
+  /// uses `threads`.
+  int64_t blas_threads = -1;
   int64_t iters = 5;
   int64_t warmup = 1;
   int64_t image_size = 32;
@@ -61,6 +65,9 @@ struct Args {
   int64_t sgemm_size = 2048;
   int64_t sgemm_reps = 5;
   bool autocast_bf16 = false;
+  /// "tuned": re-exec with ddpm::recommended_cpu_env() (vars the user set are kept);
+  /// "as-is": run in the environment given.
+  std::string env = "tuned";
   /// > 0: after timing, profile this many more iterations and print the top ops to stderr.
   int64_t profile = 0;
 };
@@ -72,6 +79,8 @@ const char* usage() {
          "                                        forward: no-grad forward = one sampling step (default)\n"
          "  --batch-size B                        images per step (default 1)\n"
          "  --threads T                           intra-op threads, also given to OpenBLAS (default 2)\n"
+         "  --blas-threads N                      OpenBLAS threads during the model run (default = --threads;\n"
+         "                                        the sgemm reference always uses --threads)\n"
          "  --iters N                             timed iterations (default 5)\n"
          "  --warmup W                            untimed iterations first (default 1)\n"
          "  --image-size S                        square input size (default 32)\n"
@@ -79,6 +88,8 @@ const char* usage() {
          "  --device cpu|cuda                     (default cpu; cuda only with a CUDA LibTorch)\n"
          "  --autocast-bf16                       CUDA only: bf16 autocast around the model\n"
          "  --grad-mode inference|no-grad         forward mode guard (default inference)\n"
+         "  --env tuned|as-is                     tuned (default): restart with ddpm::recommended_cpu_env()\n"
+         "                                        (OMP_WAIT_POLICY=PASSIVE unless already set); as-is: don't\n"
          "  --profile N                           profile N more iterations, print top ops to stderr\n"
          "  --sgemm-size N, --sgemm-reps R        the reference matmul (default 2048, 5 before + 5 after)\n"
          "Prints one JSON object: median_s, min_s, images_per_s, gflop_per_image, gflops_per_s,\n"
@@ -121,8 +132,10 @@ Args parse_args(int argc, char** argv) {
     else if (flag == "--mode") a.mode = value;
     else if (flag == "--device") a.device = value;
     else if (flag == "--grad-mode") a.grad_mode = value;
+    else if (flag == "--env") a.env = value;
     else if (flag == "--batch-size") a.batch_size = parse_int(flag, value, 1);
     else if (flag == "--threads") a.threads = parse_int(flag, value, 1);
+    else if (flag == "--blas-threads") a.blas_threads = parse_int(flag, value, 1);
     else if (flag == "--iters") a.iters = parse_int(flag, value, 1);
     else if (flag == "--warmup") a.warmup = parse_int(flag, value, 0);
     else if (flag == "--image-size") a.image_size = parse_int(flag, value, 1);
@@ -141,6 +154,9 @@ Args parse_args(int argc, char** argv) {
   if (a.grad_mode != "inference" && a.grad_mode != "no-grad") {
     usage_error("--grad-mode: unknown value \"" + a.grad_mode +
                 "\"; valid values are \"inference\", \"no-grad\"");
+  }
+  if (a.env != "tuned" && a.env != "as-is") {
+    usage_error("--env: unknown value \"" + a.env + "\"; valid values are \"tuned\", \"as-is\"");
   }
   if (a.device == "cuda" && !torch::cuda::is_available()) {
     usage_error("--device cuda: CUDA is not available in this LibTorch build / machine");
@@ -177,24 +193,6 @@ ddpm::UNetOptions model_options(const Args& a) {
                 std::to_string(o.num_levels()) + " levels)");
   }
   return o;
-}
-
-/// The OpenBLAS thread pool is separate from ATen's OpenMP one; give it the same count so the
-/// matmul reference and the model run with the same parallelism. Returns false if this process
-/// does not use OpenBLAS.
-bool set_blas_threads(int64_t n) {
-  using SetFn = void (*)(int);
-  void* sym = dlsym(RTLD_DEFAULT, "openblas_set_num_threads");
-  if (sym == nullptr) return false;
-  reinterpret_cast<SetFn>(sym)(static_cast<int>(n));
-  return true;
-}
-
-std::string blas_config() {
-  using GetFn = char* (*)();
-  void* sym = dlsym(RTLD_DEFAULT, "openblas_get_config");
-  if (sym == nullptr) return "unknown (not OpenBLAS)";
-  return std::string("OpenBLAS ") + reinterpret_cast<GetFn>(sym)();
 }
 
 double load_average() {
@@ -317,11 +315,12 @@ void profile_calls(const std::function<void()>& fn, int64_t iters) {
 
 int main(int argc, char** argv) {
   const Args args = parse_args(argc, argv);
+  if (args.env == "tuned") ddpm::reexec_with_env(argv, ddpm::recommended_cpu_env());
   const ddpm::UNetOptions options = model_options(args);
   const torch::Device device(args.device == "cuda" ? torch::kCUDA : torch::kCPU);
 
   torch::set_num_threads(static_cast<int>(args.threads));
-  const bool blas_threads_set = set_blas_threads(args.threads);
+  const bool blas_threads_set = ddpm::set_blas_num_threads(static_cast<int>(args.threads));
   const double load_before = load_average();
 
   torch::manual_seed(0);
@@ -336,6 +335,8 @@ int main(int argc, char** argv) {
   std::vector<double> sgemm;
   sgemm_gflops(args.sgemm_size, args.sgemm_reps, device, sgemm);
 
+  const int64_t blas_threads = args.blas_threads > 0 ? args.blas_threads : args.threads;
+  ddpm::set_blas_num_threads(static_cast<int>(blas_threads));
   const int64_t B = args.batch_size;
   const auto fopts = torch::TensorOptions().dtype(torch::kFloat32).device(device);
   auto x = torch::rand({B, args.channels, args.image_size, args.image_size}, fopts) * 2 - 1;
@@ -388,6 +389,7 @@ int main(int argc, char** argv) {
     }
   }
 
+  ddpm::set_blas_num_threads(static_cast<int>(args.threads));
   sgemm_gflops(args.sgemm_size, args.sgemm_reps, device, sgemm);
   const double load_after = load_average();
 
@@ -406,7 +408,7 @@ int main(int argc, char** argv) {
   j["image_size"] = args.image_size;
   j["channels"] = args.channels;
   j["threads"] = at::get_num_threads();
-  j["blas_threads_set"] = blas_threads_set;
+  j["blas_threads"] = blas_threads_set ? nlohmann::ordered_json(blas_threads) : nlohmann::ordered_json("not set (no OpenBLAS)");
   j["iters"] = args.iters;
   j["warmup"] = args.warmup;
   j["median_s"] = med;
@@ -431,7 +433,16 @@ int main(int argc, char** argv) {
   j["parameters"] = unet->num_parameters();
   j["torch_version"] = std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) +
                        "." + std::to_string(TORCH_VERSION_PATCH);
-  j["blas"] = blas_config();
+  j["blas"] = ddpm::blas_info();
+  {
+    nlohmann::ordered_json env;
+    for (const char* name : {"OMP_WAIT_POLICY", "OPENBLAS_CORETYPE", "OMP_NUM_THREADS", "GOMP_SPINCOUNT"}) {
+      const char* v = std::getenv(name);
+      env[name] = v ? nlohmann::ordered_json(v) : nlohmann::ordered_json(nullptr);
+    }
+    j["env_mode"] = args.env;
+    j["env"] = env;
+  }
   j["load_average_before"] = load_before;
   j["load_average_after"] = load_after;
   std::cout << j.dump() << std::endl;
