@@ -1,5 +1,41 @@
 #pragma once
-/// Umbrella header: everything in ddpm except the optional headers that need
-/// extra packages (ddpm/distributed.hpp: c10d + Gloo; ddpm/io/png.hpp: stb).
+/// Umbrella header: all of ddpm except <ddpm/distributed.hpp>, which needs the
+/// c10d/Gloo headers and the ddpm::distributed target.
 #include <ddpm/version.hpp>
 #include <ddpm/error.hpp>
+
+// Core math: schedules, the forward process and its losses.
+#include <ddpm/schedule.hpp>
+#include <ddpm/forward_diffuser.hpp>
+
+// Samplers and the sampling loop.
+#include <ddpm/samplers/common.hpp>
+#include <ddpm/samplers/ddpm.hpp>
+#include <ddpm/samplers/ddim.hpp>
+#include <ddpm/samplers/dpm_solver.hpp>
+#include <ddpm/sampler.hpp>
+#include <ddpm/sample.hpp>
+
+// Networks (diffusers UNet2DModel-compatible).
+#include <ddpm/nn/time_embedding.hpp>
+#include <ddpm/nn/resnet.hpp>
+#include <ddpm/nn/attention.hpp>
+#include <ddpm/nn/resample.hpp>
+#include <ddpm/nn/blocks.hpp>
+#include <ddpm/nn/unet.hpp>
+
+// Files: safetensors, diffusers folders, PNG images.
+#include <ddpm/io/safetensors.hpp>
+#include <ddpm/io/diffusers.hpp>
+#include <ddpm/io/png.hpp>
+
+// Data sets and training.
+#include <ddpm/data/dataset.hpp>
+#include <ddpm/data/idx.hpp>
+#include <ddpm/data/cifar10.hpp>
+#include <ddpm/data/transforms.hpp>
+#include <ddpm/data/loader.hpp>
+#include <ddpm/train/ema.hpp>
+#include <ddpm/train/checkpoint.hpp>
+#include <ddpm/train/progress.hpp>
+#include <ddpm/train/trainer.hpp>
