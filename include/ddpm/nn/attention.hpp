@@ -62,7 +62,8 @@ class AttentionBlockImpl : public torch::nn::Cloneable<AttentionBlockImpl> {
     TORCH_CHECK(x.dim() == 4 && x.size(1) == c, "AttentionBlock: expected [B, ", c,
                 ", H, W] input, got ", x.sizes());
     const int64_t b = x.size(0), hgt = x.size(2), wid = x.size(3), n = hgt * wid;
-    const torch::Tensor h = group_norm(x).reshape({b, c, n}).transpose(1, 2);  // [B, N, C]
+    // Made contiguous once here rather than by each of to_q/to_k/to_v.
+    const torch::Tensor h = group_norm(x).reshape({b, c, n}).transpose(1, 2).contiguous();  // [B, N, C]
     auto split = [&](const torch::Tensor& t) {  // [B, N, C] -> [B*heads, N, dim_head]
       return t.reshape({b, n, heads, dim_head}).permute({0, 2, 1, 3}).reshape({b * heads, n, dim_head});
     };
@@ -77,7 +78,9 @@ class AttentionBlockImpl : public torch::nn::Cloneable<AttentionBlockImpl> {
     torch::Tensor o = torch::bmm(probs, v);                                     // [B*heads, N, dh]
     o = o.reshape({b, heads, n, dim_head}).permute({0, 2, 1, 3}).reshape({b, n, c});
     o = to_out->at<torch::nn::LinearImpl>(0).forward(o);                    // [B, N, C]
-    o = o.transpose(1, 2).reshape({b, c, hgt, wid});
+    // contiguous(): the transposed view has channels-last strides, which the residual add would
+    // pass on, making every later convolution copy its weight to channels-last on each call.
+    o = o.transpose(1, 2).contiguous().view({b, c, hgt, wid});
     return (o + x) / options.rescale_output_factor();
   }
 
