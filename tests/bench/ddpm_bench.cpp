@@ -30,8 +30,6 @@
 #define DDPM_BENCH_HAS_PROFILER 0
 #endif
 
-#include <dlfcn.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
@@ -319,7 +317,7 @@ int main(int argc, char** argv) {
   const ddpm::UNetOptions options = model_options(args);
   const torch::Device device(args.device == "cuda" ? torch::kCUDA : torch::kCPU);
 
-  torch::set_num_threads(static_cast<int>(args.threads));
+  at::set_num_threads(static_cast<int>(args.threads));  // LibTorch 1.13 defaults to half the cores
   const bool blas_threads_set = ddpm::set_blas_num_threads(static_cast<int>(args.threads));
   const double load_before = load_average();
 
@@ -348,20 +346,20 @@ int main(int argc, char** argv) {
     at::Generator gen = at::detail::createCPUGenerator(1234);
     auto model = [&](const torch::Tensor& xt, const torch::Tensor& t) { return unet->forward(xt, t); };
     auto train_step = [&] {
-          opt.zero_grad();
-          torch::Tensor loss;
-          if (args.autocast_bf16) {
-            at::autocast::set_enabled(true);
-            at::autocast::set_autocast_gpu_dtype(at::kBFloat16);
-            loss = diffuser.loss(model, x, gen).loss;
-            at::autocast::set_enabled(false);
-            at::autocast::clear_cache();
-          } else {
-            loss = diffuser.loss(model, x, gen).loss;
-          }
-          loss.backward();
-          opt.step();
-        };
+      opt.zero_grad();
+      torch::Tensor loss;
+      if (args.autocast_bf16) {
+        at::autocast::set_enabled(true);
+        at::autocast::set_autocast_gpu_dtype(at::kBFloat16);
+        loss = diffuser.loss(model, x, gen).loss;
+        at::autocast::set_enabled(false);
+        at::autocast::clear_cache();
+      } else {
+        loss = diffuser.loss(model, x, gen).loss;
+      }
+      loss.backward();
+      opt.step();
+    };
     times = time_calls(train_step, args.warmup, args.iters, device);
     if (args.profile > 0) profile_calls(train_step, args.profile);
   } else {
