@@ -214,7 +214,7 @@ inline std::string short_number(double v) {
 }  // namespace detail
 
 /// Draws a training-loss curve as a PNG of `width` x `height`: the raw losses
-/// (light) and their exponential moving average (dark, smoothing 0.98) against
+/// (light) and a bias-corrected moving average of log(loss) (dark) against
 /// the step, on a logarithmic loss axis with decade grid lines and labels.
 /// Non-finite or non-positive losses are skipped. Throws ddpm::Error when
 /// `steps` and `losses` differ in length.
@@ -226,7 +226,7 @@ inline void save_loss_curve(const std::string& path, const std::vector<double>& 
   }
   if (width < 120 || height < 80) throw Error("save_loss_curve: image too small");
   detail::Canvas cv(width, height);
-  const uint8_t black[3] = {0, 0, 0}, grid[3] = {225, 225, 225}, raw[3] = {160, 190, 235},
+  const uint8_t black[3] = {0, 0, 0}, grid[3] = {225, 225, 225}, raw[3] = {150, 180, 230},
                 smooth[3] = {20, 60, 170}, gray[3] = {90, 90, 90};
   const int left = 60, right = width - 15, top = 25, bottom = height - 35;
   std::vector<std::pair<double, double>> pts;
@@ -271,15 +271,18 @@ inline void save_loss_curve(const std::string& path, const std::vector<double>& 
       cv.text(x - detail::Canvas::text_width(label) / 2, bottom + 6, label, gray);
     }
     cv.text((left + right) / 2 - 10, height - 14, "step", gray);
-    // Raw points, then the smoothed line.
-    for (const auto& p : pts) cv.set(px(p.first), py(p.second), raw);
-    double ema = pts.front().second;
-    int x_prev = px(pts.front().first), y_prev = py(ema);
-    for (size_t i = 1; i < pts.size(); ++i) {
-      const double a = std::min(0.98, 1.0 - 1.0 / static_cast<double>(i + 1));
-      ema = a * ema + (1 - a) * pts[i].second;
-      const int x = px(pts[i].first), y = py(ema);
-      cv.line(x_prev, y_prev, x, y, smooth, 2);
+    // Raw points (2x2), then a bias-corrected exponential moving average of
+    // log(loss) whose span is ~1/30 of the points shown.
+    for (const auto& p : pts) cv.rect(px(p.first), py(p.second), px(p.first) + 2, py(p.second) + 2, raw);
+    const double a = std::max(0.0, 1.0 - 30.0 / static_cast<double>(pts.size()));
+    double acc = 0, weight = 0;
+    int x_prev = 0, y_prev = 0;
+    for (size_t i = 0; i < pts.size(); ++i) {
+      acc = a * acc + (1 - a) * std::log10(pts[i].second);
+      weight = a * weight + (1 - a);
+      const double smoothed = std::pow(10.0, acc / weight);
+      const int x = px(pts[i].first), y = py(smoothed);
+      if (i > 0) cv.line(x_prev, y_prev, x, y, smooth, 2);
       x_prev = x;
       y_prev = y;
     }
