@@ -3,6 +3,7 @@
 /// c10d/Gloo headers and the ddpm::distributed target.
 #include <ddpm/version.hpp>
 #include <ddpm/error.hpp>
+#include <ddpm/runtime.hpp>
 
 // Core math: schedules, the forward process and its losses.
 #include <ddpm/schedule.hpp>
