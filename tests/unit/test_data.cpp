@@ -14,14 +14,9 @@
 #include <unistd.h>
 #include <vector>
 
-namespace {
+#include "test_util.hpp"
 
-std::string make_temp_dir() {
-  char tmpl[] = "/tmp/ddpm_test_data_XXXXXX";
-  const char* d = mkdtemp(tmpl);
-  REQUIRE(d != nullptr);
-  return d;
-}
+namespace {
 
 void write_bytes(const std::string& path, const std::vector<uint8_t>& bytes) {
   std::ofstream f(path, std::ios::binary);
@@ -75,10 +70,12 @@ std::string error_of(const std::function<void()>& f) {
 }  // namespace
 
 TEST_CASE("IDX reader: plain and gzip files give the written values and labels", "[data][idx]") {
-  const std::string dir = make_temp_dir();
+  const ddpm_test::TempDir dir_tmp("data");
+  const std::string dir = dir_tmp.str();
   write_bytes(dir + "/train-images-idx3-ubyte", idx_images(5, 28, 28));
   write_bytes(dir + "/train-labels-idx1-ubyte", idx_labels(5));
-  const std::string gzdir = make_temp_dir();
+  const ddpm_test::TempDir gzdir_tmp("data");
+  const std::string gzdir = gzdir_tmp.str();
   write_gz(gzdir + "/train-images-idx3-ubyte.gz", idx_images(5, 28, 28));
   write_gz(gzdir + "/train-labels-idx1-ubyte.gz", idx_labels(5));
 
@@ -97,7 +94,8 @@ TEST_CASE("IDX reader: plain and gzip files give the written values and labels",
 }
 
 TEST_CASE("IDX reader rejects wrong magic, truncation and wrong size naming file and offset", "[data][idx]") {
-  const std::string dir = make_temp_dir();
+  const ddpm_test::TempDir dir_tmp("data");
+  const std::string dir = dir_tmp.str();
   auto good = idx_images(3, 4, 4);
 
   auto bad_magic = good;
@@ -164,7 +162,8 @@ std::vector<uint8_t> cifar_records(int n, int first = 0) {
 }  // namespace
 
 TEST_CASE("CIFAR-10 reader: values, labels, the five training batches and the test batch", "[data][cifar]") {
-  const std::string dir = make_temp_dir();
+  const ddpm_test::TempDir dir_tmp("data");
+  const std::string dir = dir_tmp.str();
   for (int k = 1; k <= 5; ++k) write_bytes(dir + "/data_batch_" + std::to_string(k) + ".bin", cifar_records(2, 2 * (k - 1)));
   write_bytes(dir + "/test_batch.bin", cifar_records(3, 100));
   const auto train = ddpm::load_cifar10(dir, true);
@@ -185,7 +184,8 @@ TEST_CASE("CIFAR-10 reader: values, labels, the five training batches and the te
 
 TEST_CASE("CIFAR-10 reader rejects truncated files and bad labels; missing data says where to get it",
           "[data][cifar]") {
-  const std::string dir = make_temp_dir();
+  const ddpm_test::TempDir dir_tmp("data");
+  const std::string dir = dir_tmp.str();
   auto recs = cifar_records(3);
   recs.resize(2 * 3073 + 100);
   write_bytes(dir + "/data_batch_1.bin", recs);
@@ -199,7 +199,8 @@ TEST_CASE("CIFAR-10 reader rejects truncated files and bad labels; missing data 
   msg = error_of([&] { ddpm::read_cifar10_file(dir + "/bad.bin"); });
   CHECK_THAT(msg, Catch::Contains("label 200") && Catch::Contains("offset 3073"));
 
-  const std::string empty = make_temp_dir();
+  const ddpm_test::TempDir empty_tmp("data");
+  const std::string empty = empty_tmp.str();
   msg = error_of([&] { ddpm::load_cifar10(empty); });
   CHECK_THAT(msg, Catch::Contains("cifar-10-binary.tar.gz") && Catch::Contains("--data"));
 }

@@ -13,39 +13,16 @@
 
 namespace fs = std::filesystem;
 
+#include "fixture_util.hpp"
+#include "test_util.hpp"
+
+using ddpm_test::require_error;
+using ddpm_test::TempDir;
+
 namespace {
 
-std::string fixture(const std::string& rel) {
-  return std::string(DDPM_TEST_DATA_DIR) + "/diffusers/" + rel;
-}
+constexpr auto& fixture = ddpm_test::diffusers_fixture_path;
 
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& tag) {
-    path = fs::temp_directory_path() / ("ddpm_" + tag + "_" + std::to_string(::getpid()));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string sub(const std::string& name) const { return (path / name).string(); }
-};
-
-template <typename F>
-void require_error(F&& fn, std::initializer_list<std::string> parts) {
-  bool thrown = false;
-  try {
-    fn();
-  } catch (const ddpm::Error& e) {
-    thrown = true;
-    const std::string msg = e.what();
-    INFO("message: " << msg);
-    for (const auto& p : parts) CHECK(msg.find(p) != std::string::npos);
-  }
-  CHECK(thrown);
-}
 
 double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b) {
   REQUIRE(a.sizes() == b.sizes());
@@ -76,7 +53,7 @@ TEST_CASE("diffusers io: fixture folders load and reproduce diffusers", "[diffus
 TEST_CASE("diffusers io: save then load round-trips bit-exactly", "[diffusers_io]") {
   TempDir dir("diffusers_rt");
   const ddpm::UNet src = ddpm::load_diffusers_unet(fixture("unet_tiny_cifarstyle"));
-  const std::string out = dir.sub("nested/unet");
+  const std::string out = dir.file("nested/unet");
   ddpm::save_diffusers_unet(src, out);
   REQUIRE(fs::exists(out + "/config.json"));
   REQUIRE(fs::exists(out + "/diffusion_pytorch_model.safetensors"));
@@ -104,8 +81,8 @@ TEST_CASE("diffusers io: save then load round-trips bit-exactly", "[diffusers_io
   // A freshly initialised seed model too (different config path through to_json).
   torch::manual_seed(3);
   ddpm::UNet seed(ddpm::UNetOptions::seed().in_channels(1).out_channels(1));
-  ddpm::save_diffusers_unet(seed, dir.sub("seed"));
-  const ddpm::UNet seed_back = ddpm::load_diffusers_unet(dir.sub("seed"));
+  ddpm::save_diffusers_unet(seed, dir.file("seed"));
+  const ddpm::UNet seed_back = ddpm::load_diffusers_unet(dir.file("seed"));
   CHECK(seed_back->options.in_channels() == 1);
   CHECK(seed_back->options.norm_num_groups() == 8);
   auto s0 = seed->named_parameters();
@@ -170,16 +147,16 @@ TEST_CASE("diffusers io: missing, extra and misshapen tensors are rejected", "[d
   CHECK(torch::allclose(unet->named_parameters()["conv_out.bias"], state.at("conv_out.bias"), 0, 1e-3));
 
   TempDir dir("diffusers_bad");
-  require_error([&] { ddpm::load_diffusers_unet(dir.sub("absent")); }, {"absent", "does not exist"});
-  fs::create_directories(dir.sub("noweights"));
-  fs::copy_file(fixture("unet_tiny/config.json"), dir.sub("noweights/config.json"));
-  require_error([&] { ddpm::load_diffusers_unet(dir.sub("noweights")); },
+  require_error([&] { ddpm::load_diffusers_unet(dir.file("absent")); }, {"absent", "does not exist"});
+  fs::create_directories(dir.file("noweights"));
+  fs::copy_file(fixture("unet_tiny/config.json"), dir.file("noweights/config.json"));
+  require_error([&] { ddpm::load_diffusers_unet(dir.file("noweights")); },
                 {"noweights", "diffusion_pytorch_model.safetensors"});
   // Weights of another config: first mismatching key is named with both shapes.
-  fs::create_directories(dir.sub("mismatch"));
-  fs::copy_file(fixture("unet_tiny/config.json"), dir.sub("mismatch/config.json"));
+  fs::create_directories(dir.file("mismatch"));
+  fs::copy_file(fixture("unet_tiny/config.json"), dir.file("mismatch/config.json"));
   fs::copy_file(fixture("unet_tiny_cifarstyle/model.safetensors"),
-                dir.sub("mismatch/diffusion_pytorch_model.safetensors"));
-  require_error([&] { ddpm::load_diffusers_unet(dir.sub("mismatch")); },
+                dir.file("mismatch/diffusion_pytorch_model.safetensors"));
+  require_error([&] { ddpm::load_diffusers_unet(dir.file("mismatch")); },
                 {"mismatch/diffusion_pytorch_model.safetensors", "but the model expects"});
 }

@@ -8,6 +8,8 @@
 #include <unistd.h>
 #include <vector>
 
+#include "test_util.hpp"
+
 namespace {
 std::vector<uint8_t> read_all(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
@@ -33,16 +35,11 @@ Ihdr check_png(const std::vector<uint8_t>& b) {
   REQUIRE(std::string(b.end() - 8, b.end() - 4) == "IEND");
   return {be32_at(b, 16), be32_at(b, 20), b[24], b[25]};
 }
-std::string temp_dir() {
-  char tmpl[] = "/tmp/ddpm_test_png_XXXXXX";
-  const char* d = mkdtemp(tmpl);
-  REQUIRE(d != nullptr);
-  return d;
-}
 }  // namespace
 
 TEST_CASE("PNG grid of [B, C, H, W] has the expected size, channels and pixels", "[png]") {
-  const std::string dir = temp_dir();
+  const ddpm_test::TempDir dir_tmp("png");
+  const std::string dir = dir_tmp.str();
   // 5 RGB images 6x4 -> 3 per row (ceil(sqrt 5)), 2 rows, padding 2:
   // width 3*(4+2)+2 = 20, height 2*(6+2)+2 = 18.
   auto imgs = torch::zeros({5, 3, 6, 4});
@@ -75,7 +72,8 @@ TEST_CASE("PNG grid of [B, C, H, W] has the expected size, channels and pixels",
 }
 
 TEST_CASE("Loss curve PNG has the requested size; bad input is rejected", "[png]") {
-  const std::string dir = temp_dir();
+  const ddpm_test::TempDir dir_tmp("png");
+  const std::string dir = dir_tmp.str();
   std::vector<double> steps, losses;
   for (int i = 0; i < 300; ++i) {
     steps.push_back(i);

@@ -14,28 +14,15 @@
 
 namespace fs = std::filesystem;
 
+#include "fixture_util.hpp"
+#include "test_util.hpp"
+
+using ddpm_test::require_error;
+using ddpm_test::TempDir;
+
 namespace {
 
-std::string fixture(const std::string& rel) {
-  return std::string(DDPM_TEST_DATA_DIR) + "/diffusers/" + rel;
-}
-
-/// A fresh temporary directory, removed at scope exit.
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& tag) {
-    path = fs::temp_directory_path() /
-           ("ddpm_" + tag + "_" + std::to_string(::getpid()) + "_" +
-            std::to_string(reinterpret_cast<uintptr_t>(this) & 0xffffff));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-};
+constexpr auto& fixture = ddpm_test::diffusers_fixture_path;
 
 /// Writes [u64 N][header][data] by hand (no padding unless the header carries it).
 void write_raw(const std::string& path, const std::string& header, const std::string& data,
@@ -48,20 +35,6 @@ void write_raw(const std::string& path, const std::string& header, const std::st
   write_raw(path, header, data, header.size());
 }
 
-/// Runs `fn`, which must throw ddpm::Error whose message contains every string in `parts`.
-template <typename F>
-void require_error(F&& fn, std::initializer_list<std::string> parts) {
-  bool thrown = false;
-  try {
-    fn();
-  } catch (const ddpm::Error& e) {
-    thrown = true;
-    const std::string msg = e.what();
-    INFO("message: " << msg);
-    for (const auto& p : parts) CHECK(msg.find(p) != std::string::npos);
-  }
-  CHECK(thrown);
-}
 
 }  // namespace
 

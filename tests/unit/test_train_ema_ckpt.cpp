@@ -11,14 +11,7 @@
 #include <unistd.h>
 #include <vector>
 
-namespace {
-std::string temp_dir() {
-  char tmpl[] = "/tmp/ddpm_test_ckpt_XXXXXX";
-  const char* d = mkdtemp(tmpl);
-  REQUIRE(d != nullptr);
-  return d;
-}
-}  // namespace
+#include "test_util.hpp"
 
 TEST_CASE("EMA follows shadow = d*shadow + (1-d)*param with the warmup decay", "[train][ema]") {
   torch::manual_seed(0);
@@ -57,7 +50,8 @@ TEST_CASE("EMA follows shadow = d*shadow + (1-d)*param with the warmup decay", "
 }
 
 TEST_CASE("Checkpoint round trip, keep-last-K, and corrupt/truncated files rejected", "[train][checkpoint]") {
-  const std::string dir = temp_dir();
+  const ddpm_test::TempDir dir_tmp("ckpt");
+  const std::string dir = dir_tmp.str();
   ddpm::CheckpointManager mgr(dir, 2);
   auto make = [](int64_t step) {
     torch::serialize::OutputArchive a;
@@ -128,7 +122,8 @@ TEST_CASE("Checkpoint round trip, keep-last-K, and corrupt/truncated files rejec
 }
 
 TEST_CASE("Generator state survives a checkpoint; EMA save/load", "[train][checkpoint]") {
-  const std::string dir = temp_dir();
+  const ddpm_test::TempDir dir_tmp("ckpt");
+  const std::string dir = dir_tmp.str();
   auto gen = at::detail::createCPUGenerator(42);
   torch::randn({5}, gen);
   torch::nn::Linear model(2, 2);

@@ -11,11 +11,14 @@
 #include <fstream>
 #include <string>
 
+#include "fixture_util.hpp"
+#include "test_util.hpp"
+
+using ddpm_test::require_error;
+
 namespace {
 
-std::string fixture(const std::string& rel) {
-  return std::string(DDPM_TEST_DATA_DIR) + "/diffusers/" + rel;
-}
+constexpr auto& fixture = ddpm_test::diffusers_fixture_path;
 
 double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b) {
   REQUIRE(a.sizes() == b.sizes());
@@ -29,20 +32,6 @@ ddpm::UNet load_fixture_unet(const std::string& name) {
   return unet;
 }
 
-/// Runs `fn`, which must throw ddpm::Error containing every string in `parts`.
-template <typename F>
-void require_error(F&& fn, std::initializer_list<std::string> parts) {
-  bool thrown = false;
-  try {
-    fn();
-  } catch (const ddpm::Error& e) {
-    thrown = true;
-    const std::string msg = e.what();
-    INFO("message: " << msg);
-    for (const auto& p : parts) CHECK(msg.find(p) != std::string::npos);
-  }
-  CHECK(thrown);
-}
 
 }  // namespace
 

@@ -1,0 +1,50 @@
+#pragma once
+/// Helpers shared by the test files: temporary directories and error-message checks.
+#include <ddpm/error.hpp>
+
+#include <catch2/catch.hpp>
+
+#include <cstdlib>
+#include <filesystem>
+#include <initializer_list>
+#include <string>
+#include <system_error>
+
+namespace ddpm_test {
+
+/// A fresh, uniquely named temporary directory (mkdtemp), removed at scope exit.
+struct TempDir {
+  std::filesystem::path path;
+  explicit TempDir(const std::string& tag) {
+    std::string tmpl = (std::filesystem::temp_directory_path() / ("ddpm_" + tag + "_XXXXXX")).string();
+    const char* made = ::mkdtemp(tmpl.data());
+    REQUIRE(made != nullptr);
+    path = made;
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+  /// Path of `name` inside the directory.
+  std::string file(const std::string& name) const { return (path / name).string(); }
+  std::string str() const { return path.string(); }
+};
+
+/// Runs `fn`, which must throw ddpm::Error whose message contains every string in `parts`.
+template <typename F>
+void require_error(F&& fn, std::initializer_list<std::string> parts) {
+  bool thrown = false;
+  try {
+    fn();
+  } catch (const ddpm::Error& e) {
+    thrown = true;
+    const std::string msg = e.what();
+    INFO("message: " << msg);
+    for (const auto& p : parts) CHECK(msg.find(p) != std::string::npos);
+  }
+  CHECK(thrown);
+}
+
+}  // namespace ddpm_test
