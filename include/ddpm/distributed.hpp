@@ -54,6 +54,7 @@
 #include <map>
 #include <random>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -158,6 +159,16 @@ inline std::string dist_seconds(std::chrono::milliseconds t) {
   if (!out.empty() && out.back() == '.') out.pop_back();
   return out + " s";
 }
+
+/// Whether a hooks struct has the optional members that Distributed::hooks<H>() fills.
+template <typename H, typename = void>
+struct dist_has_local_rank : std::false_type {};
+template <typename H>
+struct dist_has_local_rank<H, std::void_t<decltype(std::declval<H&>().local_rank)>> : std::true_type {};
+template <typename H, typename = void>
+struct dist_has_allreduce_sum : std::false_type {};
+template <typename H>
+struct dist_has_allreduce_sum<H, std::void_t<decltype(std::declval<H&>().allreduce_sum)>> : std::true_type {};
 
 inline bool dist_is_loopback(const std::string& addr) {
   return addr == "localhost" || addr == "::1" || addr.rfind("127.", 0) == 0;
@@ -309,7 +320,8 @@ class Distributed {
 
   /// A hooks struct with members `rank`, `world_size` and the std::function members
   /// `broadcast_parameters(Module&)`, `average_gradients(Module&)`, `barrier()` — e.g.
-  /// ddpm::TrainerHooks — bound to this object:
+  /// ddpm::TrainerHooks — bound to this object. When the struct also has them,
+  /// `local_rank` and `allreduce_sum` (std::function<double(double)>) are filled too:
   ///   auto dist = ddpm::Distributed::from_env();
   ///   ddpm::TrainerHooks hooks;                        // single process by default
   ///   if (dist) hooks = dist->hooks<ddpm::TrainerHooks>();
@@ -322,6 +334,10 @@ class Distributed {
     h.broadcast_parameters = [this](torch::nn::Module& m) { broadcast_parameters(m); };
     h.average_gradients = [this](torch::nn::Module& m) { average_gradients(m); };
     h.barrier = [this] { barrier(); };
+    if constexpr (detail::dist_has_local_rank<Hooks>::value) h.local_rank = local_rank();
+    if constexpr (detail::dist_has_allreduce_sum<Hooks>::value) {
+      h.allreduce_sum = [this](double v) { return allreduce_sum(v); };
+    }
     return h;
   }
 

@@ -18,7 +18,10 @@
 /// collectives. Each rank loads its own disjoint shard of every epoch (BatchLoader),
 /// so the global batch is world_size x batch_size; broadcast_parameters runs after
 /// model creation and after resuming, average_gradients after every backward pass,
-/// and only rank 0 writes files and progress.
+/// and only rank 0 writes files and progress. Every rank resumes from the same
+/// checkpoint in out_dir (checked). Stops are collective (allreduce_sum hook): a
+/// non-finite loss, SIGINT/SIGTERM or the time limit on ANY rank stops ALL ranks at
+/// the same step; the logged loss is the mean over the ranks.
 #include <ddpm/data/cifar10.hpp>
 #include <ddpm/data/idx.hpp>
 #include <ddpm/data/loader.hpp>
@@ -358,28 +361,44 @@ inline ImageData load_training_data(DatasetKind kind, const std::string& dir) {
 }
 
 /// Collectives for data-parallel training (all optional; defaults = one process).
+/// Distributed::hooks<TrainerHooks>() fills every member. Every rank must call the
+/// collectives in the same order, so the trainer makes its stop decisions (non-finite
+/// loss, SIGINT/SIGTERM, time limit) together through `allreduce_sum` when it is set.
 struct TrainerHooks {
   int rank = 0;
   int world_size = 1;
+  /// Index of this process on its machine: with world_size > 1 on CUDA, the trainer uses
+  /// cuda:(local_rank % device count).
+  int local_rank = 0;
   /// Called after model creation and after resuming: make every rank hold rank 0's weights.
   std::function<void(torch::nn::Module&)> broadcast_parameters;
   /// Called after every backward pass: replace each gradient by its mean over ranks.
   std::function<void(torch::nn::Module&)> average_gradients;
   /// Called where ranks must meet (after checkpoints are written, at the end).
   std::function<void()> barrier;
+  /// Sum of a scalar over the ranks (collective). Used once per step for the loss (whose
+  /// mean is logged, and which stops every rank when it is non-finite on any rank) and
+  /// once per step for the stop flags (a signal or the time limit on any rank stops all),
+  /// and after resuming to check that every rank resumed at the same step. Unset with
+  /// world_size > 1: each rank decides alone (a NaN on one rank then leaves the others
+  /// waiting in average_gradients until their timeout).
+  std::function<double(double)> allreduce_sum;
 };
 
 /// Result of one optimizer step.
 struct TrainStepOutput {
   /// The step number after this step (1 for the first step).
   int64_t step = 0;
-  /// The batch's loss (before the update).
+  /// The batch's loss (before the update); with data parallelism (allreduce_sum hook
+  /// set) the mean over the ranks, i.e. the loss of the global batch.
   double loss = 0;
+  /// This rank's own batch loss (equal to `loss` in a single process).
+  double rank_loss = 0;
   /// Global gradient norm before clipping (NaN when not computed).
   double grad_norm = NAN;
   /// Learning rate used.
   double lr = 0;
-  /// False when the loss was NaN/Inf: then no update was applied.
+  /// False when the loss was NaN/Inf (on any rank): then no update was applied (on any rank).
   bool finite = true;
 };
 
@@ -470,6 +489,7 @@ class Trainer {
     setup_data(std::move(data));
     setup_model();
     resume();
+    check_ranks_agree_on_step();
     if (hooks_.broadcast_parameters) {
       hooks_.broadcast_parameters(*model_);
       ema_->reset_to_if_fresh(model_);
@@ -544,7 +564,11 @@ class Trainer {
       throw;
     }
     if (amp) detail::autocast_enable(false, torch::kFloat32);
-    out.loss = lo.loss.item<double>();
+    out.rank_loss = out.loss = lo.loss.item<double>();
+    // Collective: a non-finite loss on any rank makes the sum non-finite on every rank,
+    // so all ranks skip backward/average_gradients together instead of leaving the others
+    // blocked in the gradient allreduce. The same scalar gives the global-batch loss.
+    if (collective()) out.loss = hooks_.allreduce_sum(out.rank_loss) / hooks_.world_size;
     if (!std::isfinite(out.loss)) {
       out.finite = false;
       out.step = step_;
@@ -631,8 +655,15 @@ class Trainer {
   }
 
   /// Writes out_dir/samples/step-<N>.png from the EMA model and refreshes loss.png.
+  /// With data parallelism every rank samples the same grid (the EMA weights and the
+  /// sampling seed are the same everywhere) and rank 0 writes it: this keeps the ranks in
+  /// step, where rank-0-only sampling of a large grid could outlast the collective
+  /// timeout of the ranks waiting for it.
   std::string write_samples() {
-    if (!is_main()) return "";
+    if (!is_main()) {
+      if (hooks_.world_size > 1) (void)sample_images(cfg_.sample_count);
+      return "";
+    }
     namespace fs = std::filesystem;
     fs::create_directories(fs::path(cfg_.out_dir) / "samples");
     char name[48];
@@ -681,14 +712,19 @@ class Trainer {
     double last_grad_norm = NAN;
     bool wrote_final = false;
     while (step_ < target) {
-      if (const int sig = detail::pending_signal().load()) {
+      const int sig = detail::pending_signal().load();
+      const bool time_up = cfg_.time_limit_minutes > 0 && since_start() > cfg_.time_limit_minutes * 60.0;
+      const StopVote vote = stop_vote(sig != 0, time_up);
+      if (vote.signal) {
         res.status = RunStatus::Interrupted;
-        res.message = std::string("interrupted by ") + (sig == SIGINT ? "SIGINT" : "SIGTERM");
+        res.message = sig != 0 ? std::string("interrupted by ") + (sig == SIGINT ? "SIGINT" : "SIGTERM")
+                               : std::string("interrupted (a signal reached another rank)");
         break;
       }
-      if (cfg_.time_limit_minutes > 0 && since_start() > cfg_.time_limit_minutes * 60.0) {
+      if (vote.time_limit) {
         res.status = RunStatus::TimeLimit;
-        res.message = "time limit of " + std::to_string(cfg_.time_limit_minutes) + " minutes reached";
+        res.message = time_up ? "time limit of " + std::to_string(cfg_.time_limit_minutes) + " minutes reached"
+                              : std::string("time limit reached (on another rank)");
         break;
       }
       const auto t0 = std::chrono::steady_clock::now();
@@ -696,8 +732,14 @@ class Trainer {
       const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       if (!so.finite) {
         res.status = RunStatus::NonFiniteLoss;
-        res.message = "loss is " + std::string(std::isnan(so.loss) ? "NaN" : "infinite") + " at step " +
-                      std::to_string(step_ + 1) + " (lr " + std::to_string(so.lr) +
+        const double bad = std::isfinite(so.rank_loss) ? so.loss : so.rank_loss;
+        res.message = "loss is " + std::string(std::isnan(bad) ? "NaN" : "infinite") + " at step " +
+                      std::to_string(step_ + 1) +
+                      (hooks_.world_size > 1
+                           ? std::string(std::isfinite(so.rank_loss) ? " on another rank" : " on this rank") +
+                                 " (rank " + std::to_string(hooks_.rank) + "/" + std::to_string(hooks_.world_size) + ")"
+                           : std::string()) +
+                      " (lr " + std::to_string(so.lr) +
                       "); stopping without saving. The last good checkpoint is " +
                       (last_checkpoint_.empty() ? std::string("(none)") : last_checkpoint_) +
                       ". Try a lower --lr, more warmup_steps or grad_clip.";
@@ -773,6 +815,45 @@ class Trainer {
 
   bool is_main() const { return hooks_.rank == 0; }
 
+  /// True when the ranks make their decisions together (data parallelism with the
+  /// allreduce_sum hook).
+  bool collective() const { return hooks_.world_size > 1 && static_cast<bool>(hooks_.allreduce_sum); }
+
+  struct StopVote {
+    bool signal = false;
+    bool time_limit = false;
+  };
+
+  /// Whether ANY rank saw a signal / ran out of time (one scalar allreduce: with n ranks,
+  /// each rank contributes signal + time_up * (n + 1), so the sum s + t (n + 1) with
+  /// s, t <= n decodes exactly). Single process: the local flags.
+  StopVote stop_vote(bool signal, bool time_up) {
+    if (!collective()) return {signal, time_up};
+    const int64_t n1 = static_cast<int64_t>(hooks_.world_size) + 1;
+    const double mine = (signal ? 1.0 : 0.0) + (time_up ? static_cast<double>(n1) : 0.0);
+    const int64_t sum = std::llround(hooks_.allreduce_sum(mine));
+    return {sum % n1 > 0, sum / n1 > 0};
+  }
+
+  /// After resuming: every rank must continue from the same step (the same checkpoint in
+  /// a shared out_dir), or they would disagree on how many steps remain and one would
+  /// wait in a collective until its timeout. n * sum(s^2) == sum(s)^2 iff all s are equal;
+  /// every rank computes the same verdict from the same sums, so all throw or none does.
+  void check_ranks_agree_on_step() {
+    if (!collective()) return;
+    const double s = static_cast<double>(step_);
+    const double sum = hooks_.allreduce_sum(s);
+    const double sum_sq = hooks_.allreduce_sum(s * s);
+    if (static_cast<double>(hooks_.world_size) * sum_sq != sum * sum) {
+      throw Error("rank " + std::to_string(hooks_.rank) + "/" + std::to_string(hooks_.world_size) +
+                  ": the ranks resumed at different steps (this rank: " +
+                  (resumed_from_.empty() ? std::string("no checkpoint in '" + cfg_.out_dir + "', step 0")
+                                         : "step " + std::to_string(step_) + " from " + resumed_from_) +
+                  ", mean over ranks: " + std::to_string(sum / hooks_.world_size) +
+                  "). Every rank must see the same out_dir: use a shared file system across machines");
+    }
+  }
+
   void log(const std::string& s) {
     if (is_main()) log_(s);
   }
@@ -787,6 +868,11 @@ class Trainer {
     }
     device_ = (cfg_.device == DeviceKind::Cuda || (cfg_.device == DeviceKind::Auto && cuda)) ? torch::Device(torch::kCUDA)
                                                                                               : torch::Device(torch::kCPU);
+    if (device_.is_cuda() && hooks_.world_size > 1) {
+      // One GPU per process on each machine (NCCL needs distinct devices).
+      const auto n = static_cast<int>(torch::cuda::device_count());
+      device_ = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(n > 0 ? hooks_.local_rank % n : 0));
+    }
     if (device_.is_cuda()) {
       switch (cfg_.mixed_precision) {
         case MixedPrecision::BF16: autocast_dtype_ = torch::kBFloat16; break;
@@ -917,6 +1003,14 @@ class Trainer {
       throw Error("cannot resume from '" + path + "': it does not match this configuration (" +
                   err.what_without_backtrace() +
                   "). Use a new --out folder or the model settings the checkpoint was trained with.");
+    }
+    if (hooks_.rank != 0) {
+      // The checkpoint holds rank 0's noise/timestep generator. Other ranks continue on
+      // their own stream (seeded from seed, rank and step), so the ranks still draw
+      // independent noise after a resume.
+      gen_ = at::detail::createCPUGenerator(cfg_.seed * 6364136223846793005ull + 1442695040888963407ull +
+                                            static_cast<uint64_t>(hooks_.rank) +
+                                            static_cast<uint64_t>(step_) * 0x9E3779B97F4A7C15ull);
     }
     resumed_from_ = path;
     last_checkpoint_ = path;
