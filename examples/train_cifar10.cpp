@@ -5,12 +5,22 @@
 //
 // Rerunning with the same --out resumes from the newest checkpoint there. Every
 // key of the JSON config is described in docs/training.md; flags override it.
+//
+// Data-parallel on N processes (docs/distributed.md): launch with
+//   torchrun --no-python --nproc_per_node=N ./train_cifar10 ...
+// or set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT by hand. --batch-size
+// is per process (global batch = N x batch size); only rank 0 prints progress and
+// the summary and writes files.
+//
 // Exit status: 0 done (also after a time limit or SIGINT/SIGTERM, with a checkpoint
-// saved), 1 training failure (e.g. NaN loss), 2 bad flags, paths, config or data.
+// saved), 1 training failure (e.g. NaN loss, a lost peer), 2 bad flags, paths,
+// config, data or distributed environment.
+#include <ddpm/distributed.hpp>
 #include <ddpm/train/trainer.hpp>
 
 #include <CLI/CLI.hpp>
 
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -18,8 +28,11 @@
 
 namespace {
 
+// "" in a single process, " (rank R/N)" when data-parallel: errors come from every rank.
+std::string g_rank_tag;
+
 int fail(const std::string& msg, int code = 2) {
-  std::fprintf(stderr, "train_cifar10: error: %s\n", msg.c_str());
+  std::fprintf(stderr, "train_cifar10%s: error: %s\n", g_rank_tag.c_str(), msg.c_str());
   return code;
 }
 
@@ -42,6 +55,8 @@ int main(int argc, char** argv) {
           sample_count = 0, log_every = 0;
   int threads = 0, keep = 0;
   double lr = 0, time_limit = 0, grad_clip = 0, ema_decay = 0, weight_decay = 0;
+  double dist_timeout = 60;
+  std::string dist_backend = "auto";
 
   app.add_option("--config", config_path, "JSON training config (every key: docs/training.md); flags override it")
       ->check(CLI::ExistingFile);
@@ -85,12 +100,31 @@ int main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber);
   app.add_option("--keep-checkpoints", keep, "how many checkpoints to keep")->check(CLI::PositiveNumber);
   app.add_option("--log-every", log_every, "metrics.jsonl line every N steps")->check(CLI::PositiveNumber);
+  app.add_option("--dist-timeout", dist_timeout,
+                 "multi-process runs: seconds to wait for the store, the other ranks and each collective "
+                 "before failing (default 60)")
+      ->check(CLI::Range(0.001, 86400.0));
+  app.add_option("--dist-backend", dist_backend,
+                 "multi-process runs: auto (NCCL on CUDA when compiled in, else Gloo), gloo or nccl")
+      ->check(CLI::IsMember({"auto", "gloo", "nccl"}));
 
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     const int rc = app.exit(e);
     return rc == 0 ? 0 : 2;
+  }
+
+  // The torchrun environment (RANK, WORLD_SIZE, ...): checked before anything else.
+  c10::optional<ddpm::DistributedEnv> dist_env;
+  try {
+    dist_env = ddpm::distributed_env_from_environment();
+  } catch (const ddpm::Error& e) {
+    return fail(e.what());
+  }
+  const bool is_main = !dist_env || dist_env->rank == 0;
+  if (dist_env) {
+    g_rank_tag = " (rank " + std::to_string(dist_env->rank) + "/" + std::to_string(dist_env->world_size) + ")";
   }
 
   ddpm::TrainConfig cfg;
@@ -101,7 +135,9 @@ int main(int argc, char** argv) {
       base = ddpm::detail::read_json_file(config_path);
     } else if (!out_flag.empty() && std::filesystem::exists(out_flag + "/config.json")) {
       base = ddpm::detail::read_json_file(out_flag + "/config.json");
-      std::fprintf(stderr, "train_cifar10: using the saved config %s/config.json (resuming)\n", out_flag.c_str());
+      if (is_main) {
+        std::fprintf(stderr, "train_cifar10: using the saved config %s/config.json (resuming)\n", out_flag.c_str());
+      }
     }
     // Flags override the file.
     auto set = [&](const char* flag, const char* key, const nlohmann::json& value) {
@@ -159,10 +195,29 @@ int main(int argc, char** argv) {
     return fail(msg);
   }
 
+  // Join the process group (after the config is known to be good, so that a bad flag
+  // fails at once on every rank instead of leaving the others waiting for it).
+  c10::optional<ddpm::Distributed> dist;
+  ddpm::TrainerHooks hooks;
+  if (dist_env) {
+    ddpm::DistributedOptions dopt;
+    dopt.timeout = std::chrono::milliseconds(static_cast<int64_t>(dist_timeout * 1000.0 + 0.5));
+    dopt.backend = nlohmann::json(dist_backend).get<ddpm::DistributedBackend>();
+    try {
+      dist.emplace(*dist_env, dopt);
+    } catch (const ddpm::Error& e) {
+      return fail(e.what(), 1);
+    }
+    hooks = dist->hooks<ddpm::TrainerHooks>();
+  }
+
   try {
-    ddpm::Trainer trainer(cfg);
+    ddpm::Trainer trainer(cfg, hooks);
+    if (!is_main) trainer.set_show_progress(false);
     const auto res = trainer.run();
     const std::string out_dir = trainer.config().out_dir;
+    if (res.status == ddpm::RunStatus::NonFiniteLoss) return fail(res.message, 1);
+    if (!is_main) return 0;  // the summary, like every file, comes from rank 0
     switch (res.status) {
       case ddpm::RunStatus::NonFiniteLoss:
         return fail(res.message, 1);
