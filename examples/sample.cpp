@@ -10,6 +10,7 @@
 // scheduler config governs the sampler, as diffusers' from_config does.
 // Exit status: 0 ok, 2 bad flags / paths / files, 1 other failures.
 #include <ddpm/io/diffusers.hpp>
+#include <ddpm/runtime.hpp>
 #include <ddpm/io/png.hpp>
 #include <ddpm/io/safetensors.hpp>
 #include <ddpm/sample.hpp>
@@ -84,6 +85,8 @@ nlohmann::json read_scheduler_config(const std::string& path) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // OpenMP must not spin against OpenBLAS (20x slower on small machines): see runtime.hpp.
+  ddpm::reexec_with_env(argv, ddpm::recommended_cpu_env());
   CLI::App app{
       "Sample images from a diffusion model: a train_cifar10 checkpoint or a diffusers folder.\n"
       "Writes a PNG grid (--out), optionally every image as its own PNG (--save-images) and the\n"
@@ -139,7 +142,7 @@ int main(int argc, char** argv) {
     if (!parent.empty() && !fs::is_directory(parent)) return fail("output folder '" + parent.string() + "' does not exist");
   }
 
-  at::set_num_threads(threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  ddpm::set_num_threads(threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
   const bool cuda = torch::cuda::is_available();
   if (device_name == "cuda" && !cuda) return fail("--device cuda: CUDA is not available");
   const torch::Device device = (device_name == "cuda" || (device_name == "auto" && cuda)) ? torch::Device(torch::kCUDA)

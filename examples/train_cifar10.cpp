@@ -16,6 +16,7 @@
 // saved), 1 training failure (e.g. NaN loss, a lost peer), 2 bad flags, paths,
 // config, data or distributed environment.
 #include <ddpm/distributed.hpp>
+#include <ddpm/runtime.hpp>
 #include <ddpm/train/trainer.hpp>
 
 #include <CLI/CLI.hpp>
@@ -43,6 +44,8 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // OpenMP must not spin against OpenBLAS (20x slower on small machines): see runtime.hpp.
+  ddpm::reexec_with_env(argv, ddpm::recommended_cpu_env());
   CLI::App app{
       "Train a denoising diffusion model (DDPM, Ho et al. 2020) on CIFAR-10, Fashion-MNIST or MNIST.\n"
       "Writes config.json, metrics.jsonl, loss.png, samples/step-N.png and checkpoints to --out;\n"

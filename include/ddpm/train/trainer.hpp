@@ -32,6 +32,7 @@
 #include <ddpm/forward_diffuser.hpp>
 #include <ddpm/io/png.hpp>
 #include <ddpm/nn/unet.hpp>
+#include <ddpm/runtime.hpp>
 #include <ddpm/sample.hpp>
 #include <ddpm/sampler.hpp>
 #include <ddpm/schedule.hpp>
@@ -861,7 +862,7 @@ class Trainer {
   void setup_runtime() {
     const int threads = cfg_.num_threads > 0 ? cfg_.num_threads
                                              : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-    at::set_num_threads(threads);
+    ddpm::set_num_threads(threads);  // LibTorch and OpenBLAS pools together
     const bool cuda = torch::cuda::is_available();
     if (cfg_.device == DeviceKind::Cuda && !cuda) {
       throw Error("device \"cuda\" requested but CUDA is not available (this LibTorch has no CUDA or no GPU is visible)");
