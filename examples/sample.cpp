@@ -1,6 +1,6 @@
 // sample: draws images from a trained model.
 //
-//   sample --checkpoint runs/fashion/ckpt-000003000.pt --out grid.png
+//   sample --checkpoint runs/fashion --out grid.png   (newest checkpoint of a run)
 //   sample --diffusers path/to/pipeline --sampler ddim --steps 50 --out grid.png
 //
 // --checkpoint reads a train_cifar10 checkpoint (its EMA weights, schedule and
@@ -98,8 +98,8 @@ int main(int argc, char** argv) {
   uint64_t seed = 0;
   double eta = 0.0;
   int threads = 0;
-  auto* ckpt_opt = app.add_option("--checkpoint", checkpoint, "train_cifar10 checkpoint file (ckpt-N.pt); samples its EMA weights")
-                       ->check(CLI::ExistingFile);
+  auto* ckpt_opt = app.add_option("--checkpoint", checkpoint, "train_cifar10 checkpoint file (ckpt-N.pt), or a run directory (its newest checkpoint); samples its EMA weights")
+                       ->check(CLI::ExistingPath);
   auto* diff_opt = app.add_option("--diffusers", diffusers,
                                   "diffusers folder: pipeline (model_index.json, unet/, scheduler/) or flat "
                                   "(config.json, weights, scheduler_config.json)")
@@ -161,7 +161,7 @@ int main(int argc, char** argv) {
       unet = loaded.ema_model;
       scheduler_config = loaded.scheduler_config;
       if (!kind) kind = ddpm::SamplerKind::DDIM;
-      std::fprintf(stderr, "sample: checkpoint %s (step %lld)\n", checkpoint.c_str(),
+      std::fprintf(stderr, "sample: checkpoint %s (step %lld)\n", loaded.path.c_str(),
                    static_cast<long long>(loaded.step));
     } else {
       const auto folder = resolve_diffusers_folder(diffusers);

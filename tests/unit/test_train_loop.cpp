@@ -131,6 +131,10 @@ TEST_CASE("Stop and resume reproduces the uninterrupted loss sequence exactly", 
     auto ea = ddpm::load_training_checkpoint(dir_a + "/ckpt-000000006.pt");
     auto eb = ddpm::load_training_checkpoint(dir_b + "/ckpt-000000006.pt");
     CHECK(ea.step == 6);
+    // A run directory resolves to its newest checkpoint.
+    auto latest = ddpm::load_training_checkpoint(dir_b);
+    CHECK(latest.path == dir_b + "/ckpt-000000006.pt");
+    CHECK(latest.step == 6);
     for (const auto& p : ea.ema_model->named_parameters()) {
       CHECK(torch::equal(p.value(), eb.ema_model->named_parameters()[p.key()]));
     }

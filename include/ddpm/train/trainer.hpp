@@ -1101,13 +1101,25 @@ struct LoadedCheckpoint {
   nlohmann::json scheduler_config;
   nlohmann::json train_config;
   int64_t step = 0;
+  std::string path;  ///< the checkpoint file that was read
 };
 
-inline LoadedCheckpoint load_training_checkpoint(const std::string& path,
+/// `path` is a checkpoint file, or a run directory: then its newest checkpoint
+/// that passes the integrity check (as the trainer resumes).
+inline LoadedCheckpoint load_training_checkpoint(const std::string& path_or_dir,
                                                  torch::Device device = torch::Device(torch::kCPU)) {
   torch::serialize::InputArchive a;
-  read_checkpoint_file(path, a, device);
+  std::string path = path_or_dir;
+  if (std::filesystem::is_directory(path_or_dir)) {
+    path = CheckpointManager(path_or_dir).load_latest(a, {}, device);
+    if (path.empty()) {
+      throw Error("no readable checkpoint (ckpt-<step>.pt) in directory '" + path_or_dir + "'");
+    }
+  } else {
+    read_checkpoint_file(path, a, device);
+  }
   LoadedCheckpoint out;
+  out.path = path;
   try {
     out.unet_options = unet_options_from_json(nlohmann::json::parse(archive_read_string(a, "unet_config")),
                                               "checkpoint '" + path + "' unet_config");
