@@ -38,6 +38,10 @@ class ProgressBar {
 
   bool is_tty() const { return tty_; }
 
+  /// The run also stops after `seconds` from the bar's creation (a time limit): the ETA is then
+  /// the sooner of the step-based estimate and the time left. 0 = no limit.
+  void set_time_limit(double seconds) { time_limit_s_ = seconds; }
+
   /// Reports that `step` of total is done. `loss` < 0 and `images_per_s` < 0 are not shown.
   void update(int64_t step, double loss = -1.0, double images_per_s = -1.0) {
     const auto now = Clock::now();
@@ -53,7 +57,11 @@ class ProgressBar {
     printed_ = true;
     const int64_t done = step - start_;
     const double rate = elapsed > 0 ? done / elapsed : 0.0;
-    const double eta = rate > 0 ? (total_ - step) / rate : NAN;
+    double eta = rate > 0 ? (total_ - step) / rate : NAN;
+    if (time_limit_s_ > 0) {
+      const double left = std::max(0.0, time_limit_s_ - elapsed);
+      eta = std::isnan(eta) ? left : std::min(eta, left);
+    }
     std::string line;
     if (!label_.empty()) line += label_ + " ";
     char buf[160];
@@ -112,6 +120,7 @@ class ProgressBar {
   FILE* out_;
   bool tty_;
   double plain_interval_s_;
+  double time_limit_s_ = 0.0;
   Clock::time_point t0_;
   Clock::time_point last_print_{};
   bool printed_ = false;

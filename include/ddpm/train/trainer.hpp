@@ -63,11 +63,21 @@
 #include <fstream>
 #include <functional>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
 namespace ddpm {
+
+namespace detail {
+/// Shortest readable form of a number for messages ("13.5", not "13.500000").
+inline std::string format_number(double v) {
+  std::ostringstream os;
+  os << v;
+  return os.str();
+}
+}  // namespace detail
 
 /// Which dataset format to read.
 enum class DatasetKind { Auto, Cifar10, FashionMnist, Mnist };
@@ -700,6 +710,7 @@ class Trainer {
     if (is_main()) {
       if (show_progress_) {
         bar = std::make_unique<ProgressBar>(cfg_.steps, step_, "train");
+        bar->set_time_limit(cfg_.time_limit_minutes * 60.0);
         bar_ = bar.get();
       }
       log(std::string(resumed_from_.empty() ? "starting" : "resuming") + " at step " + std::to_string(step_) +
@@ -711,7 +722,7 @@ class Trainer {
     double interval_loss = 0, interval_time = 0;
     int64_t interval_steps = 0;
     double last_grad_norm = NAN;
-    bool wrote_final = false;
+    int64_t sampled_at = -1;  // step of the last sample grid written by this run
     while (step_ < target) {
       const int sig = detail::pending_signal().load();
       const bool time_up = cfg_.time_limit_minutes > 0 && since_start() > cfg_.time_limit_minutes * 60.0;
@@ -724,7 +735,7 @@ class Trainer {
       }
       if (vote.time_limit) {
         res.status = RunStatus::TimeLimit;
-        res.message = time_up ? "time limit of " + std::to_string(cfg_.time_limit_minutes) + " minutes reached"
+        res.message = time_up ? "time limit of " + detail::format_number(cfg_.time_limit_minutes) + " minutes reached"
                               : std::string("time limit reached (on another rank)");
         break;
       }
@@ -767,7 +778,7 @@ class Trainer {
         if (bar) bar->finish();
         res.sample_grid = write_samples();
         if (is_main()) log("wrote " + res.sample_grid);
-        wrote_final = at_end;
+        sampled_at = step_;
       }
       if ((cfg_.checkpoint_every > 0 && step_ % cfg_.checkpoint_every == 0) || at_end) {
         save_checkpoint();
@@ -782,7 +793,7 @@ class Trainer {
                                              last_grad_norm);
       if (last_checkpoint_step_ != step_) save_checkpoint();
       if (hooks_.barrier) hooks_.barrier();
-      if (res.status == RunStatus::TimeLimit && !wrote_final) {
+      if (res.status == RunStatus::TimeLimit && sampled_at != step_) {
         res.sample_grid = write_samples();
         if (is_main()) log("wrote " + res.sample_grid);
       }
