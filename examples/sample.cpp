@@ -39,49 +39,6 @@ int fail(const std::string& msg, int code = 2) {
   return code;
 }
 
-struct DiffusersFolder {
-  std::string unet_dir;
-  std::string scheduler_config;
-};
-
-// Pipeline folder (model_index.json + unet/ + scheduler/) or flat folder.
-DiffusersFolder resolve_diffusers_folder(const std::string& dir) {
-  if (!fs::is_directory(dir)) throw ddpm::Error("--diffusers: '" + dir + "' is not a folder");
-  DiffusersFolder f;
-  if (fs::exists(fs::path(dir) / "model_index.json") || fs::is_directory(fs::path(dir) / "unet")) {
-    f.unet_dir = (fs::path(dir) / "unet").string();
-    f.scheduler_config = (fs::path(dir) / "scheduler" / "scheduler_config.json").string();
-    if (!fs::is_directory(f.unet_dir)) {
-      throw ddpm::Error("--diffusers: pipeline folder '" + dir + "' has no unet/ subfolder");
-    }
-  } else {
-    f.unet_dir = dir;
-    f.scheduler_config = (fs::path(dir) / "scheduler_config.json").string();
-    if (!fs::exists(fs::path(dir) / "config.json")) {
-      throw ddpm::Error("--diffusers: '" + dir +
-                        "' is neither a pipeline folder (model_index.json, unet/, scheduler/) nor a flat "
-                        "folder (config.json, diffusion_pytorch_model.safetensors, scheduler_config.json)");
-    }
-  }
-  if (!fs::exists(f.scheduler_config)) {
-    throw ddpm::Error("--diffusers: scheduler config '" + f.scheduler_config + "' is missing");
-  }
-  return f;
-}
-
-// diffusers writes Python's -Infinity (DPM-Solver's lambda_min_clipped): parse tolerantly.
-nlohmann::json read_scheduler_config(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw ddpm::Error("cannot open scheduler config '" + path + "'");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  try {
-    return nlohmann::json::parse(ddpm::detail::quote_nonfinite_literals(ss.str()));
-  } catch (const nlohmann::json::exception& e) {
-    throw ddpm::Error("invalid JSON in scheduler config '" + path + "': " + e.what());
-  }
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -152,9 +109,7 @@ int main(int argc, char** argv) {
     nlohmann::json scheduler_config;
     c10::optional<ddpm::SamplerKind> kind;
     if (!sampler_name.empty()) {
-      kind = sampler_name == "ddpm" ? ddpm::SamplerKind::DDPM
-             : sampler_name == "ddim" ? ddpm::SamplerKind::DDIM
-                                      : ddpm::SamplerKind::DPMSolver;
+      kind = ddpm::sampler_kind_from_string(sampler_name);
     }
     if (!checkpoint.empty()) {
       auto loaded = ddpm::load_training_checkpoint(checkpoint, device);
@@ -164,10 +119,10 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "sample: checkpoint %s (step %lld)\n", loaded.path.c_str(),
                    static_cast<long long>(loaded.step));
     } else {
-      const auto folder = resolve_diffusers_folder(diffusers);
+      const auto folder = ddpm::locate_diffusers_folder(diffusers);
       unet = ddpm::load_diffusers_unet(folder.unet_dir);
       unet->to(device);
-      scheduler_config = read_scheduler_config(folder.scheduler_config);
+      scheduler_config = ddpm::read_scheduler_config(folder.scheduler_config);
     }
     auto sampler = ddpm::make_sampler(scheduler_config, kind);
     if (app.count("--eta")) {

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <fstream>
 #include <string>
 
 namespace fs = std::filesystem;
@@ -159,4 +160,28 @@ TEST_CASE("diffusers io: missing, extra and misshapen tensors are rejected", "[d
                 dir.file("mismatch/diffusion_pytorch_model.safetensors"));
   require_error([&] { ddpm::load_diffusers_unet(dir.file("mismatch")); },
                 {"mismatch/diffusion_pytorch_model.safetensors", "but the model expects"});
+}
+
+TEST_CASE("diffusers: pipeline and flat folders are located, bad ones named", "[diffusers]") {
+  const auto pipe = ddpm::locate_diffusers_folder(fixture("e2e/ddim_tiny"));
+  CHECK(pipe.unet_dir == fixture("e2e/ddim_tiny") + "/unet");
+  CHECK(pipe.scheduler_config == fixture("e2e/ddim_tiny") + "/scheduler/scheduler_config.json");
+
+  TempDir dir("diffusers_locate");
+  const std::string flat = dir.file("flat");
+  fs::create_directories(flat);
+  fs::copy_file(fixture("e2e/ddim_tiny/unet/config.json"), flat + "/config.json");
+  require_error([&] { ddpm::locate_diffusers_folder(flat); }, {flat, "scheduler_config.json", "missing"});
+  fs::copy_file(fixture("e2e/ddim_tiny/scheduler/scheduler_config.json"), flat + "/scheduler_config.json");
+  const auto f = ddpm::locate_diffusers_folder(flat);
+  CHECK(f.unet_dir == flat);
+  CHECK(f.scheduler_config == flat + "/scheduler_config.json");
+
+  require_error([&] { ddpm::locate_diffusers_folder(dir.file("absent")); }, {"absent", "not a folder"});
+  fs::create_directories(dir.file("empty"));
+  require_error([&] { ddpm::locate_diffusers_folder(dir.file("empty")); },
+                {"empty", "neither a diffusers pipeline folder"});
+  fs::create_directories(dir.file("pipe/scheduler"));
+  std::ofstream(dir.file("pipe/model_index.json")) << "{}";
+  require_error([&] { ddpm::locate_diffusers_folder(dir.file("pipe")); }, {"pipe", "no unet/"});
 }

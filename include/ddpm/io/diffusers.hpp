@@ -145,4 +145,38 @@ inline void save_diffusers_unet(const UNet& unet, const std::string& dir) {
   detail::write_json_file((fs::path(dir) / "config.json").string(), config);
 }
 
+/// Where a diffusers folder keeps its UNet and its scheduler config.
+struct DiffusersFolder {
+  std::string unet_dir;          ///< holds config.json + diffusion_pytorch_model.safetensors
+  std::string scheduler_config;  ///< path of scheduler_config.json
+};
+
+/// Resolves a diffusers pipeline folder (model_index.json, unet/, scheduler/) or a flat
+/// folder (config.json, the weights and scheduler_config.json side by side); throws
+/// ddpm::Error naming the folder and what is missing.
+inline DiffusersFolder locate_diffusers_folder(const std::string& dir) {
+  namespace fs = std::filesystem;
+  if (!fs::is_directory(dir)) throw Error("diffusers folder '" + dir + "' is not a folder");
+  DiffusersFolder f;
+  if (fs::exists(fs::path(dir) / "model_index.json") || fs::is_directory(fs::path(dir) / "unet")) {
+    f.unet_dir = (fs::path(dir) / "unet").string();
+    f.scheduler_config = (fs::path(dir) / "scheduler" / "scheduler_config.json").string();
+    if (!fs::is_directory(f.unet_dir)) {
+      throw Error("diffusers pipeline folder '" + dir + "' has no unet/ subfolder");
+    }
+  } else {
+    f.unet_dir = dir;
+    f.scheduler_config = (fs::path(dir) / "scheduler_config.json").string();
+    if (!fs::exists(fs::path(dir) / "config.json")) {
+      throw Error("'" + dir +
+                  "' is neither a diffusers pipeline folder (model_index.json, unet/, scheduler/) nor a "
+                  "flat folder (config.json, diffusion_pytorch_model.safetensors, scheduler_config.json)");
+    }
+  }
+  if (!fs::exists(f.scheduler_config)) {
+    throw Error("diffusers folder '" + dir + "': scheduler config '" + f.scheduler_config + "' is missing");
+  }
+  return f;
+}
+
 }  // namespace ddpm
