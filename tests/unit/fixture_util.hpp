@@ -88,4 +88,16 @@ inline double max_elementwise_rel_err(const torch::Tensor& actual, const torch::
   return ((a - e).abs() / e.abs().clamp_min(floor)).max().item<double>();
 }
 
+
+/// A CPU generator seeded with `seed`.
+inline torch::Generator cpu_gen(uint64_t seed) { return at::detail::createCPUGenerator(seed); }
+
+/// Independent float64 abar_t = prod_{i<=t} (1 - beta_i) of the default linear schedule
+/// (T = 1000, betas 1e-4 .. 0.02), computed directly, not through NoiseSchedule.
+inline double abar64(int64_t t) {
+  double p = 1.0;
+  for (int64_t i = 0; i <= t; ++i) p *= 1.0 - (1e-4 + (0.02 - 1e-4) * i / 999.0);
+  return p;
+}
+
 }  // namespace ddpm_test

@@ -16,19 +16,10 @@ using ddpm::NoiseSchedule;
 using ddpm::NoiseScheduleOptions;
 using ddpm::PredictionType;
 using ddpm_test::diffusers_fixture;
+using ddpm_test::abar64;
+using ddpm_test::cpu_gen;
 using ddpm_test::max_rel_err;
 using ddpm_test::tensor_from_json;
-
-namespace {
-torch::Generator cpu_gen(uint64_t seed) { return at::detail::createCPUGenerator(seed); }
-
-// Independent float64 abar_t for the default linear schedule.
-double abar64(int64_t t) {
-  double p = 1.0;
-  for (int64_t i = 0; i <= t; ++i) p *= 1.0 - (1e-4 + (0.02 - 1e-4) * i / 999.0);
-  return p;
-}
-}  // namespace
 
 TEST_CASE("q_sample and velocity match diffusers add_noise / get_velocity", "[forward]") {
   const auto& fx = diffusers_fixture("ddpm_steps.json").at("add_noise");

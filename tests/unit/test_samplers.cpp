@@ -16,16 +16,11 @@
 
 using namespace ddpm;
 using Catch::Matchers::Contains;
+using ddpm_test::abar64;
+using ddpm_test::cpu_gen;
 using ddpm_test::max_rel_err;
 
 namespace {
-torch::Generator cpu_gen(uint64_t seed) { return at::detail::createCPUGenerator(seed); }
-
-double abar64(int64_t t) {
-  double p = 1.0;
-  for (int64_t i = 0; i <= t; ++i) p *= 1.0 - (1e-4 + (0.02 - 1e-4) * i / 999.0);
-  return p;
-}
 
 /// A model that knows x0 and answers exactly for its prediction type.
 struct PerfectDenoiser {
