@@ -21,6 +21,8 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
 #include <CLI/CLI.hpp>
+
+#include "cli_checks.hpp"
 #include <torch/cuda.h>
 
 #include <cstdio>
@@ -66,12 +68,12 @@ int main(int argc, char** argv) {
                  "ddpm, ddim or dpm++ (default: the folder's scheduler class; ddim for checkpoints); the "
                  "scheduler config's schedule, prediction type, clipping and spacing apply")
       ->check(CLI::IsMember({"ddpm", "ddim", "dpm++"}));
-  app.add_option("--steps", steps, "number of denoising steps (default 50)")->check(CLI::PositiveNumber);
+  app.add_option("--steps", steps, "number of denoising steps (default 50)")->check(ddpm_examples::positive);
   app.add_option("--seed", seed, "seed of the initial noise and of stochastic samplers (default 0)");
   app.add_option("--num-samples", num_samples, "images to draw (default 16; with --latents: their batch size)")
-      ->check(CLI::PositiveNumber);
+      ->check(ddpm_examples::positive);
   app.add_option("--out", out, "PNG grid to write (default samples.png)");
-  app.add_option("--nrow", nrow, "images per grid row (default: square grid)")->check(CLI::NonNegativeNumber);
+  app.add_option("--nrow", nrow, "images per grid row (default: square grid)")->check(ddpm_examples::non_negative);
   app.add_option("--save-images", images_dir, "also write each image as DIR/sample-NNNN.png");
   app.add_option("--latents", latents_path,
                  "start from this noise: safetensors file with tensor \"latents\" [B, C, H, W]")
@@ -81,7 +83,7 @@ int main(int argc, char** argv) {
   app.add_option("--eta", eta, "DDIM stochasticity: 0 deterministic (default), 1 DDPM-like")->check(CLI::Range(0.0, 10.0));
   app.add_option("--device", device_name, "auto (CUDA when available), cpu or cuda")
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
-  app.add_option("--threads", threads, "CPU threads (0 = all cores)")->check(CLI::NonNegativeNumber);
+  app.add_option("--threads", threads, "CPU threads (0 = all cores)")->check(ddpm_examples::non_negative);
 
   try {
     app.parse(argc, argv);

@@ -21,6 +21,8 @@
 
 #include <CLI/CLI.hpp>
 
+#include "cli_checks.hpp"
+
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -72,37 +74,37 @@ int main(int argc, char** argv) {
   app.add_option("--model", model,
                  "UNet: 'seed' (6.9M params), 'ddpm-cifar10' (35.7M, Ho et al.) or a UNet config .json "
                  "(diffusers config.json format); channels follow the data");
-  app.add_option("--steps", steps, "total training steps")->check(CLI::NonNegativeNumber);
+  app.add_option("--steps", steps, "total training steps")->check(ddpm_examples::non_negative);
   app.add_option("--time-limit", time_limit,
                  "stop after this many minutes (checkpoint + final sample grid); 0 = no limit")
-      ->check(CLI::NonNegativeNumber);
-  app.add_option("--batch-size", batch_size, "images per step (per process)")->check(CLI::PositiveNumber);
-  app.add_option("--lr", lr, "peak learning rate")->check(CLI::PositiveNumber);
-  app.add_option("--warmup-steps", warmup, "linear LR warmup steps")->check(CLI::NonNegativeNumber);
+      ->check(ddpm_examples::non_negative);
+  app.add_option("--batch-size", batch_size, "images per step (per process)")->check(ddpm_examples::positive);
+  app.add_option("--lr", lr, "peak learning rate")->check(ddpm_examples::positive);
+  app.add_option("--warmup-steps", warmup, "linear LR warmup steps")->check(ddpm_examples::non_negative);
   app.add_option("--lr-schedule", lr_schedule, "LR after warmup: constant or cosine (to 0 at --steps)")
       ->check(CLI::IsMember({"constant", "cosine"}));
   app.add_option("--optimizer", optimizer, "adamw or adam")->check(CLI::IsMember({"adamw", "adam"}));
-  app.add_option("--weight-decay", weight_decay, "weight decay")->check(CLI::NonNegativeNumber);
-  app.add_option("--grad-clip", grad_clip, "clip the gradient norm to this (0 = off)")->check(CLI::NonNegativeNumber);
+  app.add_option("--weight-decay", weight_decay, "weight decay")->check(ddpm_examples::non_negative);
+  app.add_option("--grad-clip", grad_clip, "clip the gradient norm to this (0 = off)")->check(ddpm_examples::non_negative);
   app.add_option("--ema-decay", ema_decay, "EMA decay of the sampling weights")->check(CLI::Range(0.0, 1.0));
   app.add_option("--prediction-type", prediction, "what the model predicts: epsilon, sample or v_prediction")
       ->check(CLI::IsMember({"epsilon", "sample", "v_prediction"}));
-  app.add_option("--seed", seed, "random seed (init, data order, noise)")->check(CLI::NonNegativeNumber);
+  app.add_option("--seed", seed, "random seed (init, data order, noise)")->check(ddpm_examples::non_negative);
   app.add_option("--device", device, "auto (CUDA when available), cpu or cuda")
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
   app.add_option("--mixed-precision", mixed_precision, "CUDA autocast: auto, none, bf16 or fp16")
       ->check(CLI::IsMember({"auto", "none", "bf16", "fp16"}));
-  app.add_option("--threads", threads, "CPU threads (0 = all cores)")->check(CLI::NonNegativeNumber);
+  app.add_option("--threads", threads, "CPU threads (0 = all cores)")->check(ddpm_examples::non_negative);
   app.add_option("--sample-every", sample_every, "write a sample grid every N steps (0 = only at the end)")
-      ->check(CLI::NonNegativeNumber);
-  app.add_option("--sample-count", sample_count, "images per sample grid")->check(CLI::PositiveNumber);
+      ->check(ddpm_examples::non_negative);
+  app.add_option("--sample-count", sample_count, "images per sample grid")->check(ddpm_examples::positive);
   app.add_option("--sampler", sampler, "sampler for the grids: ddpm, ddim or dpm++")
       ->check(CLI::IsMember({"ddpm", "ddim", "dpm++"}));
-  app.add_option("--sample-steps", sample_steps, "denoising steps for the grids")->check(CLI::PositiveNumber);
+  app.add_option("--sample-steps", sample_steps, "denoising steps for the grids")->check(ddpm_examples::positive);
   app.add_option("--checkpoint-every", checkpoint_every, "write a checkpoint every N steps (0 = only at the end)")
-      ->check(CLI::NonNegativeNumber);
-  app.add_option("--keep-checkpoints", keep, "how many checkpoints to keep")->check(CLI::PositiveNumber);
-  app.add_option("--log-every", log_every, "metrics.jsonl line every N steps")->check(CLI::PositiveNumber);
+      ->check(ddpm_examples::non_negative);
+  app.add_option("--keep-checkpoints", keep, "how many checkpoints to keep")->check(ddpm_examples::positive);
+  app.add_option("--log-every", log_every, "metrics.jsonl line every N steps")->check(ddpm_examples::positive);
   app.add_option("--dist-timeout", dist_timeout,
                  "multi-process runs: seconds to wait for the store, the other ranks and each collective "
                  "before failing (default 60)")
