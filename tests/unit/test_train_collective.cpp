@@ -9,14 +9,11 @@
 #include <string>
 #include <unistd.h>
 
+#include "test_util.hpp"
+
 namespace {
 
-std::string temp_dir() {
-  char tmpl[] = "/tmp/ddpm_test_collective_XXXXXX";
-  const char* d = mkdtemp(tmpl);
-  REQUIRE(d != nullptr);
-  return d;
-}
+std::string temp_dir() { return ddpm_test::process_temp_dir("collective"); }
 
 ddpm::ImageData tiny_images() {
   ddpm::ImageData d;

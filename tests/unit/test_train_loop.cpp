@@ -9,14 +9,11 @@
 #include <unistd.h>
 #include <vector>
 
+#include "test_util.hpp"
+
 namespace {
 
-std::string temp_dir() {
-  char tmpl[] = "/tmp/ddpm_test_trainer_XXXXXX";
-  const char* d = mkdtemp(tmpl);
-  REQUIRE(d != nullptr);
-  return d;
-}
+std::string temp_dir() { return ddpm_test::process_temp_dir("trainer"); }
 
 // 32 grayscale 6x6 images (padded to 8x8 by the trainer): a bright 3x3 square in
 // one of four corners on a dark background.

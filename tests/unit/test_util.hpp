@@ -7,8 +7,10 @@
 #include <cstdlib>
 #include <filesystem>
 #include <initializer_list>
+#include <memory>
 #include <string>
 #include <system_error>
+#include <vector>
 
 namespace ddpm_test {
 
@@ -31,6 +33,14 @@ struct TempDir {
   std::string file(const std::string& name) const { return (path / name).string(); }
   std::string str() const { return path.string(); }
 };
+
+/// A fresh temporary directory that lives until the test process exits (for helpers that
+/// hand out plain paths); removed then like a TempDir.
+inline std::string process_temp_dir(const std::string& tag) {
+  static std::vector<std::unique_ptr<TempDir>> dirs;
+  dirs.push_back(std::make_unique<TempDir>(tag));
+  return dirs.back()->str();
+}
 
 /// Runs `fn`, which must throw ddpm::Error whose message contains every string in `parts`.
 template <typename F>
