@@ -18,6 +18,25 @@
 
 namespace ddpm {
 
+namespace detail {
+/// Options of a Down/Up/Mid block's ResnetBlock, `cin` -> `cout` channels, with the block's
+/// time-embedding width, norm groups, eps, dropout and activation.
+template <typename BlockOptions>
+ResnetBlockOptions block_resnet_options(int64_t cin, int64_t cout, const BlockOptions& o) {
+  return ResnetBlockOptions(cin, cout, o.temb_channels())
+      .groups(o.groups())
+      .eps(o.eps())
+      .dropout(o.dropout())
+      .act_fn(o.act_fn());
+}
+/// The AttentionBlock of a Down/Up/Mid block over `channels`.
+template <typename BlockOptions>
+AttentionBlock block_attention(int64_t channels, const BlockOptions& o) {
+  return AttentionBlock(
+      AttentionBlockOptions(channels).head_dim(o.attention_head_dim()).groups(o.groups()).eps(o.eps()));
+}
+}  // namespace detail
+
 /// Options of DownBlock.
 struct DownBlockOptions {
   DownBlockOptions(int64_t in_channels, int64_t out_channels, int64_t temb_channels)
@@ -60,17 +79,8 @@ class DownBlockImpl : public torch::nn::Cloneable<DownBlockImpl> {
     resnets = register_module("resnets", torch::nn::ModuleList());
     for (int64_t i = 0; i < o.num_layers(); ++i) {
       const int64_t cin = i == 0 ? o.in_channels() : o.out_channels();
-      resnets->push_back(ResnetBlock(ResnetBlockOptions(cin, o.out_channels(), o.temb_channels())
-                                         .groups(o.groups())
-                                         .eps(o.eps())
-                                         .dropout(o.dropout())
-                                         .act_fn(o.act_fn())));
-      if (o.attention()) {
-        attentions->push_back(AttentionBlock(AttentionBlockOptions(o.out_channels())
-                                                 .head_dim(o.attention_head_dim())
-                                                 .groups(o.groups())
-                                                 .eps(o.eps())));
-      }
+      resnets->push_back(ResnetBlock(detail::block_resnet_options(cin, o.out_channels(), o)));
+      if (o.attention()) attentions->push_back(detail::block_attention(o.out_channels(), o));
     }
     downsamplers = nullptr;
     if (o.add_downsample()) {
@@ -145,18 +155,8 @@ class UpBlockImpl : public torch::nn::Cloneable<UpBlockImpl> {
     for (int64_t i = 0; i < o.num_layers(); ++i) {
       const int64_t skip_ch = i == o.num_layers() - 1 ? o.in_channels() : o.out_channels();
       const int64_t in_ch = i == 0 ? o.prev_output_channels() : o.out_channels();
-      resnets->push_back(
-          ResnetBlock(ResnetBlockOptions(in_ch + skip_ch, o.out_channels(), o.temb_channels())
-                          .groups(o.groups())
-                          .eps(o.eps())
-                          .dropout(o.dropout())
-                          .act_fn(o.act_fn())));
-      if (o.attention()) {
-        attentions->push_back(AttentionBlock(AttentionBlockOptions(o.out_channels())
-                                                 .head_dim(o.attention_head_dim())
-                                                 .groups(o.groups())
-                                                 .eps(o.eps())));
-      }
+      resnets->push_back(ResnetBlock(detail::block_resnet_options(in_ch + skip_ch, o.out_channels(), o)));
+      if (o.attention()) attentions->push_back(detail::block_attention(o.out_channels(), o));
     }
     upsamplers = nullptr;
     if (o.add_upsample()) {
@@ -226,11 +226,7 @@ class MidBlockImpl : public torch::nn::Cloneable<MidBlockImpl> {
     }
     resnets = register_module("resnets", torch::nn::ModuleList());
     for (int i = 0; i < 2; ++i) {
-      resnets->push_back(ResnetBlock(ResnetBlockOptions(o.channels(), o.channels(), o.temb_channels())
-                                         .groups(o.groups())
-                                         .eps(o.eps())
-                                         .dropout(o.dropout())
-                                         .act_fn(o.act_fn())
+      resnets->push_back(ResnetBlock(detail::block_resnet_options(o.channels(), o.channels(), o)
                                          .output_scale_factor(o.output_scale_factor())));
     }
   }
