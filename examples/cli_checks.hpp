@@ -1,5 +1,6 @@
 #pragma once
-// Readable CLI11 checks for numeric flags, shared by the examples. CLI11's own
+// Command-line helpers shared by the examples: parsing with exit status 2 on bad input, and
+// readable CLI11 checks for numeric flags. CLI11's own
 // NonNegativeNumber/PositiveNumber print DBL_MAX as their upper bound ("not in range
 // 0.000000 to 1797693134862315708...") and pass "abc" to that message.
 #include <CLI/CLI.hpp>
@@ -27,5 +28,17 @@ inline CLI::Validator number_above(double lo, bool strict) {
 
 inline const CLI::Validator non_negative = number_above(0, false);
 inline const CLI::Validator positive = number_above(0, true);
+
+/// Parses the command line. On a parse error CLI11 prints its message (or the help) and
+/// this returns the exit status: 0 for --help, 2 for any bad flag or value (the contract
+/// users script against, instead of CLI11's own codes). Returns -1 when parsing succeeded.
+inline int parse_args(CLI::App& app, int argc, char** argv) {
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
+  return -1;
+}
 
 }  // namespace ddpm_examples

@@ -85,12 +85,7 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
   app.add_option("--threads", threads, "CPU threads (0 = all cores)")->check(ddpm_examples::non_negative);
 
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    const int rc = app.exit(e);
-    return rc == 0 ? 0 : 2;
-  }
+  if (const int rc = ddpm_examples::parse_args(app, argc, argv); rc >= 0) return rc;
   if (checkpoint.empty() && diffusers.empty()) return fail("give --checkpoint FILE or --diffusers DIR (see --help)");
   if (app.count("--eta") && !sampler_name.empty() && sampler_name != "ddim") {
     return fail("--eta applies to --sampler ddim only");

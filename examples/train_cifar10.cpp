@@ -113,12 +113,7 @@ int main(int argc, char** argv) {
                  "multi-process runs: auto (NCCL on CUDA when compiled in, else Gloo), gloo or nccl")
       ->check(CLI::IsMember({"auto", "gloo", "nccl"}));
 
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    const int rc = app.exit(e);
-    return rc == 0 ? 0 : 2;
-  }
+  if (const int rc = ddpm_examples::parse_args(app, argc, argv); rc >= 0) return rc;
 
   // The torchrun environment (RANK, WORLD_SIZE, ...): checked before anything else.
   c10::optional<ddpm::DistributedEnv> dist_env;
