@@ -8,6 +8,7 @@
 #include <ddpm/detail/json_enum.hpp>
 #include <ddpm/detail/json_util.hpp>
 #include <ddpm/error.hpp>
+#include <ddpm/prediction.hpp>
 #include <ddpm/schedule.hpp>
 
 #include <ATen/core/Generator.h>
@@ -25,18 +26,10 @@
 
 namespace ddpm {
 
-/// What the model predicts (diffusers `prediction_type`).
-enum class PredictionType { Epsilon, Sample, VPrediction };
 /// How per-sample losses are weighted over t.
 enum class LossWeighting { None, MinSnr };
 
 namespace detail {
-inline const EnumNames<PredictionType>& prediction_type_names() {
-  static const EnumNames<PredictionType> names = {{PredictionType::Epsilon, "epsilon"},
-                                                  {PredictionType::Sample, "sample"},
-                                                  {PredictionType::VPrediction, "v_prediction"}};
-  return names;
-}
 inline const EnumNames<LossWeighting>& loss_weighting_names() {
   static const EnumNames<LossWeighting> names = {{LossWeighting::None, "none"},
                                                  {LossWeighting::MinSnr, "min_snr"}};
@@ -44,7 +37,6 @@ inline const EnumNames<LossWeighting>& loss_weighting_names() {
 }
 }  // namespace detail
 
-DDPM_JSON_ENUM(PredictionType, detail::prediction_type_names, "prediction_type")
 DDPM_JSON_ENUM(LossWeighting, detail::loss_weighting_names, "loss_weighting")
 
 struct ForwardDiffuserOptions {
@@ -197,12 +189,7 @@ class ForwardDiffuser {
     detail::check_timestep_batch(t, x_t, num_train_timesteps(), "ForwardDiffuser::pred_x0");
     const auto a = detail::extract_per_sample(schedule_.sqrt_alphas_cumprod(), t, x_t);
     const auto s = detail::extract_per_sample(schedule_.sqrt_one_minus_alphas_cumprod(), t, x_t);
-    switch (options_.prediction_type()) {
-      case PredictionType::Epsilon: return (x_t - s * model_output) / a;
-      case PredictionType::Sample: return model_output;
-      case PredictionType::VPrediction: return a * x_t - s * model_output;
-    }
-    TORCH_CHECK(false, "ForwardDiffuser::pred_x0: invalid prediction type");
+    return predict_x0(model_output, x_t, a, s, options_.prediction_type());
   }
 
   /// epsilon implied by a model output: eps: itself; sample: (x_t - sqrt(abar) x0)/sqrt(1-abar);
@@ -213,12 +200,7 @@ class ForwardDiffuser {
     detail::check_timestep_batch(t, x_t, num_train_timesteps(), "ForwardDiffuser::pred_epsilon");
     const auto a = detail::extract_per_sample(schedule_.sqrt_alphas_cumprod(), t, x_t);
     const auto s = detail::extract_per_sample(schedule_.sqrt_one_minus_alphas_cumprod(), t, x_t);
-    switch (options_.prediction_type()) {
-      case PredictionType::Epsilon: return model_output;
-      case PredictionType::Sample: return (x_t - a * model_output) / s;
-      case PredictionType::VPrediction: return a * model_output + s * x_t;
-    }
-    TORCH_CHECK(false, "ForwardDiffuser::pred_epsilon: invalid prediction type");
+    return predict_epsilon(model_output, x_t, a, s, options_.prediction_type());
   }
 
   /// q(x_{t-1} | x_t, x_0): mean = coef1_t x0 + coef2_t x_t, variance beta~_t (Ho et al. eq. 6-7).

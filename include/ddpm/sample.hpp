@@ -1,7 +1,8 @@
 #pragma once
-/// The reverse-process loop: x_T ~ N(0, I) * init_noise_sigma, then for each inference
-/// timestep t: x = sampler.step(model(x, t), t, x).prev_sample.
-#include <ddpm/samplers/common.hpp>
+/// The reverse-process loop of the Sampler protocol (samplers/protocol.hpp):
+/// x_T ~ N(0, I) * init_noise_sigma, then for each model-call timestep t:
+///   x = sampler.step(model(sampler.scale_model_input(x, t), t), t, x).prev_sample.
+#include <ddpm/samplers/protocol.hpp>
 
 #include <ATen/core/Generator.h>
 #include <c10/util/Optional.h>
@@ -19,7 +20,7 @@ namespace ddpm {
 struct SampleStep {
   int64_t index;      ///< 0-based step number
   int64_t num_steps;  ///< total number of steps
-  int64_t t;          ///< the timestep just processed
+  double t;           ///< the timestep just processed
   const torch::Tensor& sample;
   const torch::Tensor& pred_original_sample;
 };
@@ -27,18 +28,28 @@ struct SampleStep {
 /// Called after every step; return false to stop early (the current sample is returned).
 using SampleCallback = std::function<bool(const SampleStep&)>;
 
-/// Runs the reverse process from a given x_T [B, ...] over sampler.timesteps(). `model` is any
-/// callable (x_t [B, ...], t int64 [B] on x's device) -> model output [B, ...] (a ModuleHolder,
-/// a lambda...). Runs under torch::NoGradGuard (not InferenceMode, so the result stays an
-/// ordinary tensor). Resets the sampler's history first. Stochastic samplers draw their noise
-/// on CPU from `gen` (an undefined generator means the default one).
+/// The timestep batch a model is called with: int64 [B] when t is an integer (DDPM, DDIM,
+/// DPM-Solver), float32 [B] otherwise (Euler, Heun with interpolated sigmas), on `device`.
+inline torch::Tensor timestep_batch(double t, int64_t batch, torch::Device device) {
+  if (t == static_cast<double>(static_cast<int64_t>(t))) {
+    return torch::full({batch}, static_cast<int64_t>(t), torch::TensorOptions().dtype(torch::kLong).device(device));
+  }
+  return torch::full({batch}, t, torch::TensorOptions().dtype(torch::kFloat32).device(device));
+}
+
+/// Runs the reverse process from a given x_T [B, ...] (already scaled by init_noise_sigma)
+/// over sampler.timesteps(). `model` is any callable (x_t [B, ...], t [B] on x's device, int64
+/// or float32, see timestep_batch) -> model output [B, ...] (a ModuleHolder, a lambda...).
+/// Runs under torch::NoGradGuard (not InferenceMode, so the result stays an ordinary tensor).
+/// Resets the sampler's history first. Stochastic samplers draw their noise on CPU from `gen`
+/// (an undefined generator means the default one).
 /// Throws if the sampler has no timesteps (set_timesteps never called for DDIM / DPM-Solver;
 /// DDPMSampler uses all T steps by default).
 template <class Model, class Sampler>
 torch::Tensor sample_from(Model&& model, Sampler& sampler, torch::Tensor x_T, torch::Generator gen,
                           const SampleCallback& on_step = {}) {
   TORCH_CHECK(x_T.defined() && x_T.dim() >= 1, "sample: x_T must be a batched tensor [B, ...]");
-  const std::vector<int64_t> timesteps = sampler.timesteps();
+  const std::vector<double> timesteps = sampler.timesteps();
   TORCH_CHECK(!timesteps.empty(),
               "sample: the sampler has no timesteps; call set_timesteps(num_inference_steps) first");
   torch::NoGradGuard no_grad;
@@ -49,9 +60,9 @@ torch::Tensor sample_from(Model&& model, Sampler& sampler, torch::Tensor x_T, to
   const int64_t batch = x_T.size(0);
   torch::Tensor x = x_T;
   for (int64_t i = 0; i < n; ++i) {
-    const int64_t t = timesteps[static_cast<size_t>(i)];
-    const auto t_batch = torch::full({batch}, t, torch::TensorOptions().dtype(torch::kLong).device(x.device()));
-    torch::Tensor out = model(x, t_batch);
+    const double t = timesteps[static_cast<size_t>(i)];
+    const torch::Tensor model_input = sampler.scale_model_input(x, t);
+    torch::Tensor out = model(model_input, timestep_batch(t, batch, x.device()));
     TORCH_CHECK(out.defined() && out.sizes() == x.sizes(), "sample: model output has shape ",
                 out.defined() ? out.sizes() : at::IntArrayRef{}, " but the sample has shape ", x.sizes(),
                 " (t = ", t, ")");

@@ -48,7 +48,7 @@ TEST_CASE("trap: numpy round-half-even timesteps (166.5 -> 166, 499.5 -> 500)", 
   // linspace(0, 999, 7) = 0, 166.5, 333, 499.5, 666, 832.5, 999
   DDIMSampler s(DDIMSamplerOptions().timestep_spacing(TimestepSpacing::Linspace));
   s.set_timesteps(7);
-  CHECK(s.timesteps() == std::vector<int64_t>{999, 832, 666, 500, 333, 166, 0});
+  CHECK(s.timesteps() == std::vector<double>{999, 832, 666, 500, 333, 166, 0});
 }
 
 TEST_CASE("trap: DDIM prev_t is t - T//N, not the next timestep", "[sampler][traps]") {
@@ -58,7 +58,7 @@ TEST_CASE("trap: DDIM prev_t is t - T//N, not the next timestep", "[sampler][tra
   CHECK(lin.previous_timestep(999) == 899);
   DDIMSampler tr(DDIMSamplerOptions().timestep_spacing(TimestepSpacing::Trailing));
   tr.set_timesteps(7);
-  CHECK(tr.timesteps() == std::vector<int64_t>{999, 856, 713, 570, 428, 285, 142});
+  CHECK(tr.timesteps() == std::vector<double>{999, 856, 713, 570, 428, 285, 142});
   CHECK(tr.previous_timestep(856) == 714);
   DDPMSampler d;
   CHECK(d.previous_timestep(500) == 499);  // all T steps before set_timesteps
@@ -273,7 +273,7 @@ TEST_CASE("scheduler_config: load diffusers e2e configs, write and re-read", "[s
     const auto cs = ddpm::detail::read_json_file(e2e + name + "/case.json");
     CHECK(s.kind() == cs.at("sampler").get<SamplerKind>());
     s.set_timesteps(cs.at("steps").get<int64_t>());
-    CHECK(s.timesteps() == cs.at("timesteps").get<std::vector<int64_t>>());
+    CHECK(s.timesteps() == cs.at("timesteps").get<std::vector<double>>());
     const auto cfg = to_scheduler_config(s);
     CHECK(cfg.at("_class_name") == (name == "ddim_tiny" ? "DDIMScheduler" : "DPMSolverMultistepScheduler"));
     CHECK_FALSE(cfg.contains("dtype"));

@@ -13,6 +13,14 @@
 
 namespace ddpm::detail {
 
+/// `j` as compact JSON, cut to at most `max_chars` characters ("..." appended): error messages
+/// quote values without dumping whatever a hostile file holds.
+inline std::string truncated_dump(const nlohmann::json& j, size_t max_chars = 80) {
+  std::string s = j.dump();
+  if (s.size() > max_chars) s = s.substr(0, max_chars) + "...";
+  return s;
+}
+
 /// Parses the JSON file at `path`; throws ddpm::Error naming the file when it
 /// cannot be opened or is not valid JSON.
 inline nlohmann::json read_json_file(const std::string& path) {

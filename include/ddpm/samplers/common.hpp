@@ -1,11 +1,12 @@
 #pragma once
-/// Pieces shared by the samplers (DDPM, DDIM, DPM-Solver++): the step output, timestep
-/// spacing exactly as diffusers v0.31.0 / numpy compute it, x0 clipping and dynamic
-/// thresholding (Saharia et al. 2022), noise drawing and argument checks.
+/// Pieces shared by the samplers (DDPM, DDIM, DPM-Solver++, ...): timestep spacing exactly as
+/// diffusers v0.31.0 / numpy compute it, noise drawing and argument checks. (x0 conversions,
+/// clipping and thresholding are in prediction.hpp; the protocol in samplers/protocol.hpp.)
 #include <ddpm/detail/json_enum.hpp>
 #include <ddpm/detail/json_util.hpp>
 #include <ddpm/error.hpp>
-#include <ddpm/forward_diffuser.hpp>
+#include <ddpm/prediction.hpp>
+#include <ddpm/samplers/protocol.hpp>
 #include <ddpm/schedule.hpp>
 
 #include <ATen/core/Generator.h>
@@ -15,16 +16,11 @@
 
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
 namespace ddpm {
-
-/// Result of one reverse step: x_{t_prev} [B, ...] and the x0 estimate used for it [B, ...].
-struct SamplerStepOutput {
-  torch::Tensor prev_sample;
-  torch::Tensor pred_original_sample;
-};
 
 /// How inference timesteps are picked from 0..T-1 (diffusers `timestep_spacing`; see
 /// Lin et al. 2023, Table 2).
@@ -132,28 +128,6 @@ inline std::vector<int64_t> spaced_timesteps(int64_t T, int64_t N, TimestepSpaci
   return ts;
 }
 
-/// x0 clipping to [-range, range].
-inline torch::Tensor clip_sample(const torch::Tensor& x0, double range) {
-  return x0.clamp(-range, range);
-}
-
-/// Dynamic thresholding (Saharia et al. 2022, "Imagen"; diffusers _threshold_sample): per
-/// sample s = quantile(|x0|, ratio) clamped to [1, max_value]; x0 = clamp(x0, -s, s) / s.
-/// x0 [B, ...] with at least 2 dims.
-inline torch::Tensor threshold_sample(const torch::Tensor& x0, double ratio, double max_value) {
-  TORCH_CHECK(x0.dim() >= 2, "dynamic thresholding needs a batched sample [B, C, ...], got shape ",
-              x0.sizes());
-  const auto dtype = x0.scalar_type();
-  auto s = x0;
-  if (dtype != torch::kFloat32 && dtype != torch::kFloat64) s = s.to(torch::kFloat32);
-  const auto sizes = s.sizes().vec();
-  s = s.reshape({sizes[0], -1});
-  auto q = torch::quantile(s.abs(), ratio, /*dim=*/1);
-  q = q.clamp(1.0, max_value).unsqueeze(1);
-  s = torch::max(torch::min(s, q), -q) / q;
-  return s.reshape(sizes).to(dtype);
-}
-
 /// Standard normal noise shaped like `like`, drawn on CPU with `generator` (default generator
 /// when absent) in float32 (float64 for float64 samples), then moved to like's device/dtype.
 inline torch::Tensor draw_noise_like(const torch::Tensor& like, const c10::optional<at::Generator>& generator) {
@@ -184,28 +158,25 @@ inline void check_variance_noise(const c10::optional<torch::Tensor>& noise, cons
   }
 }
 
-/// Every key of a diffusers v0.31.0 DDPMScheduler, DDIMScheduler or DPMSolverMultistepScheduler
-/// config, plus ddpm's own "dtype" (schedule precision) and "eta" (DDIM default eta).
-inline const std::vector<const char*>& scheduler_config_keys() {
-  static const std::vector<const char*> keys = {
-      "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
-      "rescale_betas_zero_snr", "dtype", "prediction_type", "variance_type", "clip_sample",
-      "clip_sample_range", "thresholding", "dynamic_thresholding_ratio", "sample_max_value",
-      "timestep_spacing", "steps_offset", "set_alpha_to_one", "eta", "solver_order", "algorithm_type",
-      "solver_type", "lower_order_final", "euler_at_final", "use_karras_sigmas",
-      "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas", "final_sigmas_type",
-      "lambda_min_clipped"};
+/// The keys of the noise schedule inside a scheduler_config (shared by every sampler).
+inline std::vector<const char*> with_schedule_keys(std::initializer_list<const char*> own) {
+  std::vector<const char*> keys = {"num_train_timesteps", "beta_start", "beta_end", "beta_schedule",
+                                   "trained_betas", "rescale_betas_zero_snr", "dtype"};
+  keys.insert(keys.end(), own.begin(), own.end());
   return keys;
 }
 
-/// Checks thresholding options (shared by the three samplers).
-inline void check_threshold_options(double ratio, double max_value, const std::string& where) {
-  if (!(ratio > 0 && ratio <= 1)) {
-    throw Error(where + ": dynamic_thresholding_ratio must be in (0, 1], got " + std::to_string(ratio));
-  }
-  if (!(max_value > 0)) {
-    throw Error(where + ": sample_max_value must be > 0, got " + std::to_string(max_value));
-  }
+/// A protocol timestep (double) as the integer training timestep a discrete sampler steps at;
+/// throws c10::Error naming `where` if t is not an integer.
+inline int64_t integer_timestep(double t, const char* where) {
+  TORCH_CHECK(std::isfinite(t) && t == std::floor(t) && std::abs(t) < 9.0e15, where,
+              ": timestep ", t, " is not an integer (this sampler steps on integer timesteps)");
+  return static_cast<int64_t>(t);
+}
+
+/// Integer timesteps as the protocol's doubles.
+inline std::vector<double> as_double_timesteps(const std::vector<int64_t>& ts) {
+  return std::vector<double>(ts.begin(), ts.end());
 }
 
 }  // namespace detail

@@ -47,13 +47,12 @@ inline void to_json(nlohmann::json& j, const DDIMSamplerOptions& o) {
   j["thresholding"] = o.thresholding();
   j["dynamic_thresholding_ratio"] = o.dynamic_thresholding_ratio();
   j["sample_max_value"] = o.sample_max_value();
-  j["eta"] = o.eta();
+  if (o.eta() != 0.0) j["eta"] = o.eta();  // ddpm's own key: written only when set
 }
 
-/// Accepts any DDPM/DDIM/DPM-Solver scheduler key (others' keys are ignored); rejects unknown keys.
+/// Reads the keys of DDIMSampler::config_keys() (others are ignored; make_sampler rejects unknown ones).
 inline void from_json(const nlohmann::json& j, DDIMSamplerOptions& o) {
   const std::string ctx = "DDIM scheduler config";
-  detail::check_known_keys_list(j, detail::scheduler_config_keys(), ctx);
   o = DDIMSamplerOptions{};
   detail::read_schedule_keys(j, o.schedule(), ctx);
   detail::get_optional(j, "prediction_type", o.prediction_type(), ctx);
@@ -71,32 +70,53 @@ inline void from_json(const nlohmann::json& j, DDIMSamplerOptions& o) {
 /// DDIM sampler. Holds its schedule on CPU; step() works on samples on any device.
 class DDIMSampler {
  public:
+  using Options = DDIMSamplerOptions;
+  static constexpr const char* kClassName = "DDIMScheduler";
+  /// The scheduler_config keys this sampler reads (others are ignored, as diffusers does).
+  static const std::vector<const char*>& config_keys() {
+    static const std::vector<const char*> keys = detail::with_schedule_keys({"prediction_type", "clip_sample", "clip_sample_range", "set_alpha_to_one", "steps_offset",
+         "timestep_spacing", "thresholding", "dynamic_thresholding_ratio", "sample_max_value", "eta"});
+    return keys;
+  }
   explicit DDIMSampler(DDIMSamplerOptions options = {})
       : options_(std::move(options)), schedule_(options_.schedule()) {
     detail::check_threshold_options(options_.dynamic_thresholding_ratio(), options_.sample_max_value(),
                                     "DDIMSampler");
-    TORCH_CHECK(options_.clip_sample_range() > 0, "DDIMSampler: clip_sample_range must be > 0, got ",
-                options_.clip_sample_range());
-    TORCH_CHECK(options_.eta() >= 0, "DDIMSampler: eta must be >= 0, got ", options_.eta());
+    if (!(options_.clip_sample_range() > 0)) {
+      throw Error("DDIMSampler: clip_sample_range must be > 0, got " + std::to_string(options_.clip_sample_range()));
+    }
+    if (!(options_.eta() >= 0)) throw Error("DDIMSampler: eta must be >= 0, got " + std::to_string(options_.eta()));
     final_alpha_cumprod_ = options_.set_alpha_to_one()
                                ? torch::ones({}, torch::TensorOptions().dtype(schedule_.dtype()))
                                : schedule_.alphas_cumprod().select(0, 0).clone();
   }
 
   const DDIMSamplerOptions& options() const { return options_; }
+  /// This sampler's x0 clipping / thresholding settings.
+  X0Processing x0_processing() const {
+    return {options_.thresholding(), options_.dynamic_thresholding_ratio(), options_.sample_max_value(),
+            options_.clip_sample(), options_.clip_sample_range()};
+  }
   const NoiseSchedule& schedule() const { return schedule_; }
   double init_noise_sigma() const { return 1.0; }
+  /// The model sees x_t itself (variance-preserving sampler).
+  torch::Tensor scale_model_input(const torch::Tensor& sample, double /*t*/) const { return sample; }
+  /// One model call per step.
+  int64_t order() const { return 1; }
+  PredictionType prediction_type() const { return options_.prediction_type(); }
+  /// No sigmas (undefined tensor).
+  torch::Tensor sigmas() const { return {}; }
   int64_t num_inference_steps() const { return num_inference_steps_; }
 
   /// Picks N of the T timesteps (see detail::spaced_timesteps); throws unless 0 < N <= T.
   void set_timesteps(int64_t num_inference_steps) {
-    timesteps_ = detail::spaced_timesteps(schedule_.num_train_timesteps(), num_inference_steps,
+    timesteps_ = detail::as_double_timesteps(detail::spaced_timesteps(schedule_.num_train_timesteps(), num_inference_steps,
                                           options_.timestep_spacing(), options_.steps_offset(),
-                                          "DDIMSampler::set_timesteps");
+                                          "DDIMSampler::set_timesteps"));
     num_inference_steps_ = num_inference_steps;
   }
   /// Descending timesteps; empty until set_timesteps is called.
-  const std::vector<int64_t>& timesteps() const { return timesteps_; }
+  const std::vector<double>& timesteps() const { return timesteps_; }
   /// Stateless: nothing to reset (kept for a uniform sampler interface).
   void reset() {}
 
@@ -117,7 +137,7 @@ class DDIMSampler {
   }
 
   /// One DDIM step with options().eta().
-  SamplerStepOutput step(const torch::Tensor& model_output, int64_t t, const torch::Tensor& sample,
+  SamplerStepOutput step(const torch::Tensor& model_output, double t, const torch::Tensor& sample,
                          c10::optional<torch::Generator> generator = c10::nullopt,
                          c10::optional<torch::Tensor> variance_noise = c10::nullopt) const {
     return step(model_output, t, sample, options_.eta(), std::move(generator), std::move(variance_noise));
@@ -125,10 +145,11 @@ class DDIMSampler {
 
   /// One DDIM step x_t -> x_{t - T//N} with the given eta; when eta > 0 the noise z is
   /// `variance_noise` if given, else drawn on CPU from `generator` and moved to sample's device.
-  SamplerStepOutput step(const torch::Tensor& model_output, int64_t t, const torch::Tensor& sample,
+  SamplerStepOutput step(const torch::Tensor& model_output, double timestep, const torch::Tensor& sample,
                          double eta, c10::optional<torch::Generator> generator = c10::nullopt,
                          c10::optional<torch::Tensor> variance_noise = c10::nullopt) const {
     const char* where = "DDIMSampler::step";
+    const int64_t t = detail::integer_timestep(timestep, where);
     TORCH_CHECK(num_inference_steps_ > 0, where,
                 ": set_timesteps(num_inference_steps) must be called before step()");
     detail::check_step_inputs(model_output, t, sample, schedule_.num_train_timesteps(), where);
@@ -139,26 +160,12 @@ class DDIMSampler {
     const auto ab_prev = alpha_prod_prev(prev_t);
     const auto beta_prod_t = 1.0 - ab_t;
 
-    torch::Tensor x0, eps;
-    switch (options_.prediction_type()) {
-      case PredictionType::Epsilon:
-        x0 = (sample - beta_prod_t.sqrt() * model_output) / ab_t.sqrt();
-        eps = model_output;
-        break;
-      case PredictionType::Sample:
-        x0 = model_output;
-        eps = (sample - ab_t.sqrt() * x0) / beta_prod_t.sqrt();
-        break;
-      case PredictionType::VPrediction:
-        x0 = ab_t.sqrt() * sample - beta_prod_t.sqrt() * model_output;
-        eps = ab_t.sqrt() * model_output + beta_prod_t.sqrt() * sample;
-        break;
-    }
-    if (options_.thresholding()) {
-      x0 = detail::threshold_sample(x0, options_.dynamic_thresholding_ratio(), options_.sample_max_value());
-    } else if (options_.clip_sample()) {
-      x0 = detail::clip_sample(x0, options_.clip_sample_range());
-    }
+    const auto alpha = ab_t.sqrt();
+    const auto sigma = beta_prod_t.sqrt();
+    // eps from the raw output (before x0 is clipped), as diffusers does.
+    auto x0 = predict_x0(model_output, sample, alpha, sigma, options_.prediction_type());
+    const auto eps = predict_epsilon(model_output, sample, alpha, sigma, options_.prediction_type());
+    x0 = process_x0(x0, x0_processing());
     const auto var = variance(t, prev_t);
     const auto std_dev = eta * var.sqrt();
     const auto direction = (1.0 - ab_prev - std_dev.pow(2)).sqrt() * eps;
@@ -180,8 +187,10 @@ class DDIMSampler {
   DDIMSamplerOptions options_;
   NoiseSchedule schedule_;
   torch::Tensor final_alpha_cumprod_;
-  std::vector<int64_t> timesteps_;
+  std::vector<double> timesteps_;
   int64_t num_inference_steps_ = 0;
 };
+
+DDPM_CHECK_SAMPLER(DDIMSampler);
 
 }  // namespace ddpm

@@ -62,10 +62,9 @@ inline void to_json(nlohmann::json& j, const DDPMSamplerOptions& o) {
   j["steps_offset"] = o.steps_offset();
 }
 
-/// Accepts any DDPM/DDIM/DPM-Solver scheduler key (others' keys are ignored); rejects unknown keys.
+/// Reads the keys of DDPMSampler::config_keys() (others are ignored; make_sampler rejects unknown ones).
 inline void from_json(const nlohmann::json& j, DDPMSamplerOptions& o) {
   const std::string ctx = "DDPM scheduler config";
-  detail::check_known_keys_list(j, detail::scheduler_config_keys(), ctx);
   o = DDPMSamplerOptions{};
   detail::read_schedule_keys(j, o.schedule(), ctx);
   detail::get_optional(j, "prediction_type", o.prediction_type(), ctx);
@@ -82,30 +81,51 @@ inline void from_json(const nlohmann::json& j, DDPMSamplerOptions& o) {
 /// DDPM ancestral sampler. Holds its schedule on CPU; step() works on samples on any device.
 class DDPMSampler {
  public:
+  using Options = DDPMSamplerOptions;
+  static constexpr const char* kClassName = "DDPMScheduler";
+  /// The scheduler_config keys this sampler reads (others are ignored, as diffusers does).
+  static const std::vector<const char*>& config_keys() {
+    static const std::vector<const char*> keys = detail::with_schedule_keys({"prediction_type", "variance_type", "clip_sample", "clip_sample_range", "thresholding",
+         "dynamic_thresholding_ratio", "sample_max_value", "timestep_spacing", "steps_offset"});
+    return keys;
+  }
   explicit DDPMSampler(DDPMSamplerOptions options = {})
       : options_(std::move(options)), schedule_(options_.schedule()) {
     detail::check_threshold_options(options_.dynamic_thresholding_ratio(), options_.sample_max_value(),
                                     "DDPMSampler");
-    TORCH_CHECK(options_.clip_sample_range() > 0, "DDPMSampler: clip_sample_range must be > 0, got ",
-                options_.clip_sample_range());
+    if (!(options_.clip_sample_range() > 0)) {
+      throw Error("DDPMSampler: clip_sample_range must be > 0, got " + std::to_string(options_.clip_sample_range()));
+    }
     reset_timesteps();
   }
 
   const DDPMSamplerOptions& options() const { return options_; }
+  /// This sampler's x0 clipping / thresholding settings.
+  X0Processing x0_processing() const {
+    return {options_.thresholding(), options_.dynamic_thresholding_ratio(), options_.sample_max_value(),
+            options_.clip_sample(), options_.clip_sample_range()};
+  }
   const NoiseSchedule& schedule() const { return schedule_; }
   double init_noise_sigma() const { return 1.0; }
+  /// The model sees x_t itself (variance-preserving sampler).
+  torch::Tensor scale_model_input(const torch::Tensor& sample, double /*t*/) const { return sample; }
+  /// One model call per step.
+  int64_t order() const { return 1; }
+  PredictionType prediction_type() const { return options_.prediction_type(); }
+  /// No sigmas (undefined tensor).
+  torch::Tensor sigmas() const { return {}; }
   /// N after set_timesteps(N); 0 before (all T steps are used then).
   int64_t num_inference_steps() const { return num_inference_steps_; }
 
   /// Picks N of the T timesteps (see detail::spaced_timesteps); throws unless 0 < N <= T.
   void set_timesteps(int64_t num_inference_steps) {
-    timesteps_ = detail::spaced_timesteps(schedule_.num_train_timesteps(), num_inference_steps,
+    timesteps_ = detail::as_double_timesteps(detail::spaced_timesteps(schedule_.num_train_timesteps(), num_inference_steps,
                                           options_.timestep_spacing(), options_.steps_offset(),
-                                          "DDPMSampler::set_timesteps");
+                                          "DDPMSampler::set_timesteps"));
     num_inference_steps_ = num_inference_steps;
   }
   /// Descending timesteps; T-1, ..., 0 until set_timesteps is called.
-  const std::vector<int64_t>& timesteps() const { return timesteps_; }
+  const std::vector<double>& timesteps() const { return timesteps_; }
   /// Stateless: nothing to reset (kept for a uniform sampler interface).
   void reset() {}
 
@@ -131,10 +151,11 @@ class DDPMSampler {
   /// One reverse step x_t -> x_{prev_t}; model_output and sample [B, ...] (same shape, any
   /// device). For t > 0 noise z is `variance_noise` if given, else drawn on CPU from
   /// `generator` (default generator if absent) and moved to sample's device.
-  SamplerStepOutput step(const torch::Tensor& model_output, int64_t t, const torch::Tensor& sample,
+  SamplerStepOutput step(const torch::Tensor& model_output, double timestep, const torch::Tensor& sample,
                          c10::optional<torch::Generator> generator = c10::nullopt,
                          c10::optional<torch::Tensor> variance_noise = c10::nullopt) const {
     const char* where = "DDPMSampler::step";
+    const int64_t t = detail::integer_timestep(timestep, where);
     detail::check_step_inputs(model_output, t, sample, schedule_.num_train_timesteps(), where);
     detail::check_variance_noise(variance_noise, sample, where);
     const int64_t prev_t = previous_timestep(t);
@@ -145,17 +166,8 @@ class DDPMSampler {
     const auto current_alpha = ab_t / ab_prev;
     const auto current_beta = 1.0 - current_alpha;
 
-    torch::Tensor x0;
-    switch (options_.prediction_type()) {
-      case PredictionType::Epsilon: x0 = (sample - beta_prod_t.sqrt() * model_output) / ab_t.sqrt(); break;
-      case PredictionType::Sample: x0 = model_output; break;
-      case PredictionType::VPrediction: x0 = ab_t.sqrt() * sample - beta_prod_t.sqrt() * model_output; break;
-    }
-    if (options_.thresholding()) {
-      x0 = detail::threshold_sample(x0, options_.dynamic_thresholding_ratio(), options_.sample_max_value());
-    } else if (options_.clip_sample()) {
-      x0 = detail::clip_sample(x0, options_.clip_sample_range());
-    }
+    auto x0 = predict_x0(model_output, sample, ab_t.sqrt(), beta_prod_t.sqrt(), options_.prediction_type());
+    x0 = process_x0(x0, x0_processing());
     const auto x0_coeff = ab_prev.sqrt() * current_beta / beta_prod_t;
     const auto xt_coeff = current_alpha.sqrt() * beta_prod_prev / beta_prod_t;
     auto prev = x0_coeff * x0 + xt_coeff * sample;
@@ -182,8 +194,10 @@ class DDPMSampler {
 
   DDPMSamplerOptions options_;
   NoiseSchedule schedule_;
-  std::vector<int64_t> timesteps_;
+  std::vector<double> timesteps_;
   int64_t num_inference_steps_ = 0;
 };
+
+DDPM_CHECK_SAMPLER(DDPMSampler);
 
 }  // namespace ddpm

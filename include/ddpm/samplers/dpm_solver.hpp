@@ -102,9 +102,10 @@ inline void to_json(nlohmann::json& j, const DPMSolverSamplerOptions& o) {
   j["lower_order_final"] = o.lower_order_final();
   j["euler_at_final"] = o.euler_at_final();
   j["final_sigmas_type"] = o.final_sigmas_type();
-  // JSON has no infinities; -inf (the default) is written as "-Infinity" which from_json reads.
+  // JSON has no infinities: -inf (diffusers' default) is omitted; +inf is written as "Infinity",
+  // which from_json reads.
   if (std::isinf(o.lambda_min_clipped())) {
-    j["lambda_min_clipped"] = o.lambda_min_clipped() < 0 ? "-Infinity" : "Infinity";
+    if (o.lambda_min_clipped() > 0) j["lambda_min_clipped"] = "Infinity";
   } else {
     j["lambda_min_clipped"] = o.lambda_min_clipped();
   }
@@ -125,7 +126,6 @@ inline void to_json(nlohmann::json& j, const DPMSolverSamplerOptions& o) {
 /// learned variances, algorithms other than dpmsolver++).
 inline void from_json(const nlohmann::json& j, DPMSolverSamplerOptions& o) {
   const std::string ctx = "DPM-Solver scheduler config";
-  detail::check_known_keys_list(j, detail::scheduler_config_keys(), ctx);
   o = DPMSolverSamplerOptions{};
   detail::read_schedule_keys(j, o.schedule(), ctx);
   detail::get_optional(j, "prediction_type", o.prediction_type(), ctx);
@@ -157,6 +157,17 @@ inline void from_json(const nlohmann::json& j, DPMSolverSamplerOptions& o) {
 /// sigmas on CPU; step() works on samples on any device.
 class DPMSolverSampler {
  public:
+  using Options = DPMSolverSamplerOptions;
+  static constexpr const char* kClassName = "DPMSolverMultistepScheduler";
+  /// The scheduler_config keys this sampler reads (others are ignored, as diffusers does).
+  static const std::vector<const char*>& config_keys() {
+    static const std::vector<const char*> keys = detail::with_schedule_keys({"prediction_type", "solver_order", "algorithm_type", "solver_type", "lower_order_final",
+         "euler_at_final", "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas",
+         "use_lu_lambdas", "final_sigmas_type", "lambda_min_clipped", "variance_type",
+         "timestep_spacing", "steps_offset", "thresholding", "dynamic_thresholding_ratio",
+         "sample_max_value"});
+    return keys;
+  }
   explicit DPMSolverSampler(DPMSolverSamplerOptions options = {})
       : options_(std::move(options)), schedule_(options_.schedule()) {
     const std::string where = "DPMSolverSampler";
@@ -180,9 +191,14 @@ class DPMSolverSampler {
   /// The noise schedule (without the 2^-24 substitution, which is internal to the sigmas).
   const NoiseSchedule& schedule() const { return schedule_; }
   double init_noise_sigma() const { return 1.0; }
+  /// The model sees x_t itself (variance-preserving sampler).
+  torch::Tensor scale_model_input(const torch::Tensor& sample, double /*t*/) const { return sample; }
+  /// One model call per step.
+  int64_t order() const { return 1; }
+  PredictionType prediction_type() const { return options_.prediction_type(); }
   int64_t num_inference_steps() const { return static_cast<int64_t>(timesteps_.size()); }
   /// sigmas for the inference timesteps plus the final one [N+1] (schedule dtype, CPU).
-  const torch::Tensor& sigmas() const { return sigmas_; }
+  torch::Tensor sigmas() const { return sigmas_; }
   /// Index of the next step (0 after set_timesteps/reset; -1 means "locate t on the next step").
   int64_t step_index() const { return step_index_; }
 
@@ -203,8 +219,10 @@ class DPMSolverSampler {
       for (int64_t i = T - 1; i >= 0 && p[i] < options_.lambda_min_clipped(); --i) ++clipped;
     }
     const int64_t last = T - clipped;
-    TORCH_CHECK(last > 0, where, ": lambda_min_clipped = ", options_.lambda_min_clipped(),
-                " clips every timestep");
+    if (last <= 0) {
+      throw Error(std::string(where) + ": lambda_min_clipped = " +
+                  std::to_string(options_.lambda_min_clipped()) + " clips every timestep");
+    }
     std::vector<int64_t> ts;
     switch (options_.timestep_spacing()) {
       case TimestepSpacing::Linspace: {
@@ -237,12 +255,12 @@ class DPMSolverSampler {
       last_sigma = ((1.0 - ab0) / ab0).sqrt();
     }
     sigmas_ = torch::cat({picked, last_sigma});
-    timesteps_ = std::move(ts);
+    timesteps_ = detail::as_double_timesteps(ts);
     reset();
   }
 
   /// Descending timesteps; empty until set_timesteps is called.
-  const std::vector<int64_t>& timesteps() const { return timesteps_; }
+  const std::vector<double>& timesteps() const { return timesteps_; }
 
   /// Forgets the solver history so that a new trajectory can start (set_timesteps does this).
   void reset() {
@@ -254,12 +272,13 @@ class DPMSolverSampler {
   /// One multistep update x_t -> x_{t_next}. Steps must follow timesteps() in order (the first
   /// call may start at any entry). generator/variance_noise are unused (the solver is
   /// deterministic); they exist for a uniform sampler interface.
-  SamplerStepOutput step(const torch::Tensor& model_output, int64_t t, const torch::Tensor& sample,
+  SamplerStepOutput step(const torch::Tensor& model_output, double timestep, const torch::Tensor& sample,
                          c10::optional<torch::Generator> generator = c10::nullopt,
                          c10::optional<torch::Tensor> variance_noise = c10::nullopt) {
     (void)generator;
     (void)variance_noise;
     const char* where = "DPMSolverSampler::step";
+    const int64_t t = detail::integer_timestep(timestep, where);
     TORCH_CHECK(!timesteps_.empty(), where,
                 ": set_timesteps(num_inference_steps) must be called before step()");
     detail::check_step_inputs(model_output, t, sample, schedule_.num_train_timesteps(), where);
@@ -325,22 +344,10 @@ class DPMSolverSampler {
 
   torch::Tensor convert_model_output(const torch::Tensor& model_output, const torch::Tensor& sample,
                                      int64_t i) const {
-    torch::Tensor x0;
-    switch (options_.prediction_type()) {
-      case PredictionType::Epsilon: {
-        const auto as = alpha_sigma(i);
-        x0 = (sample - as.sigma * model_output) / as.alpha;
-        break;
-      }
-      case PredictionType::Sample: x0 = model_output; break;
-      case PredictionType::VPrediction: {
-        const auto as = alpha_sigma(i);
-        x0 = as.alpha * sample - as.sigma * model_output;
-        break;
-      }
-    }
+    const auto as = alpha_sigma(i);
+    auto x0 = predict_x0(model_output, sample, as.alpha, as.sigma, options_.prediction_type());
     if (options_.thresholding()) {
-      x0 = detail::threshold_sample(x0, options_.dynamic_thresholding_ratio(), options_.sample_max_value());
+      x0 = threshold_x0(x0, options_.dynamic_thresholding_ratio(), options_.sample_max_value());
     }
     return x0;
   }
@@ -373,10 +380,12 @@ class DPMSolverSampler {
   DPMSolverSamplerOptions options_;
   NoiseSchedule schedule_;
   torch::Tensor alphas_cumprod_, lambda_t_, train_sigmas_, sigmas_;
-  std::vector<int64_t> timesteps_;
+  std::vector<double> timesteps_;
   std::vector<torch::Tensor> model_outputs_;
   int64_t lower_order_nums_ = 0;
   int64_t step_index_ = -1;
 };
+
+DDPM_CHECK_SAMPLER(DPMSolverSampler);
 
 }  // namespace ddpm
