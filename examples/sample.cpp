@@ -9,12 +9,10 @@
 // (config.json, diffusion_pytorch_model.safetensors, scheduler_config.json); its
 // scheduler config governs the sampler, as diffusers' from_config does.
 // Exit status: 0 ok, 2 bad flags / paths / files, 1 other failures.
-#include <ddpm/io/diffusers.hpp>
 #include <ddpm/runtime.hpp>
 #include <ddpm/io/png.hpp>
 #include <ddpm/io/safetensors.hpp>
-#include <ddpm/sample.hpp>
-#include <ddpm/sampler.hpp>
+#include <ddpm/pipeline.hpp>
 #include <ddpm/train/progress.hpp>
 #include <ddpm/train/trainer.hpp>
 
@@ -53,7 +51,7 @@ int main(int argc, char** argv) {
       "sample"};
   std::string checkpoint, diffusers, sampler_name, out = "samples.png", images_dir, latents_path, output_tensor,
                                                     device_name = "auto";
-  int64_t steps = 50, num_samples = 16, nrow = 0;
+  int64_t steps = 50, num_samples = 16, nrow = 0, batch_size = 64;
   uint64_t seed = 0;
   double eta = 0.0;
   int threads = 0;
@@ -65,9 +63,19 @@ int main(int argc, char** argv) {
                        ->check(CLI::ExistingDirectory);
   ckpt_opt->excludes(diff_opt);
   app.add_option("--sampler", sampler_name,
-                 "ddpm, ddim or dpm++ (default: the folder's scheduler class; ddim for checkpoints); the "
-                 "scheduler config's schedule, prediction type, clipping and spacing apply")
-      ->check(CLI::IsMember({"ddpm", "ddim", "dpm++"}));
+                 "sampler name (`--sampler list` prints them all; default: the folder's scheduler class, "
+                 "ddim for checkpoints); the scheduler config's schedule, prediction type, clipping and spacing apply")
+      ->check([](const std::string& name) -> std::string {
+        if (name == "list") return {};
+        try {
+          ddpm::resolve_sampler_name(name);
+          return {};
+        } catch (const ddpm::Error& e) {
+          return e.what();
+        }
+      });
+  app.add_option("--batch-size", batch_size, "images per batch: bounds memory whatever --num-samples is (default 64)")
+      ->check(ddpm_examples::positive);
   app.add_option("--steps", steps, "number of denoising steps (default 50)")->check(ddpm_examples::positive);
   app.add_option("--seed", seed, "seed of the initial noise and of stochastic samplers (default 0)");
   app.add_option("--num-samples", num_samples, "images to draw (default 16; with --latents: their batch size)")
@@ -86,10 +94,19 @@ int main(int argc, char** argv) {
   app.add_option("--threads", threads, "CPU threads (0 = all cores)")->check(ddpm_examples::non_negative);
 
   if (const int rc = ddpm_examples::parse_args(app, argc, argv); rc >= 0) return rc;
-  if (checkpoint.empty() && diffusers.empty()) return fail("give --checkpoint FILE or --diffusers DIR (see --help)");
-  if (app.count("--eta") && !sampler_name.empty() && sampler_name != "ddim") {
-    return fail("--eta applies to --sampler ddim only");
+  if (sampler_name == "list") {
+    for (const auto& i : ddpm::registered_samplers()) {
+      std::string names = i.name;
+      for (const auto& a : i.aliases) names += ", " + a;
+      std::printf("%-28s %s [%s]\n", names.c_str(), i.help.c_str(), i.class_name.c_str());
+    }
+    for (const auto& p : ddpm::sampler_presets()) {
+      std::printf("%-28s %s [%s + %s]\n", p.name.c_str(), p.help.c_str(),
+                  ddpm::sampler_info(p.kind).class_name.c_str(), p.overrides.dump().c_str());
+    }
+    return 0;
   }
+  if (checkpoint.empty() && diffusers.empty()) return fail("give --checkpoint FILE or --diffusers DIR (see --help)");
   for (const std::string& path : {out, output_tensor}) {
     if (path.empty()) continue;
     const auto parent = fs::path(path).parent_path();
@@ -104,64 +121,53 @@ int main(int argc, char** argv) {
   try {
     ddpm::UNet unet{nullptr};
     nlohmann::json scheduler_config;
-    c10::optional<ddpm::SamplerKind> kind;
-    if (!sampler_name.empty()) {
-      kind = ddpm::sampler_kind_from_string(sampler_name);
-    }
     if (!checkpoint.empty()) {
       auto loaded = ddpm::load_training_checkpoint(checkpoint, device);
       unet = loaded.ema_model;
       scheduler_config = loaded.scheduler_config;
-      if (!kind) kind = ddpm::SamplerKind::DDIM;
+      if (sampler_name.empty()) sampler_name = "ddim";
       std::fprintf(stderr, "sample: checkpoint %s (step %lld)\n", loaded.path.c_str(),
                    static_cast<long long>(loaded.step));
     } else {
       const auto folder = ddpm::locate_diffusers_folder(diffusers);
       unet = ddpm::load_diffusers_unet(folder.unet_dir);
-      unet->to(device);
       scheduler_config = ddpm::read_scheduler_config(folder.scheduler_config);
     }
-    auto sampler = ddpm::make_sampler(scheduler_config, kind);
-    if (app.count("--eta")) {
-      if (sampler.kind() != ddpm::SamplerKind::DDIM) return fail("--eta applies to the DDIM sampler only");
-      scheduler_config["eta"] = eta;
-      sampler = ddpm::make_sampler(scheduler_config, ddpm::SamplerKind::DDIM);
+    if (app.count("--eta")) scheduler_config["eta"] = eta;
+    auto sampler = sampler_name.empty() ? ddpm::make_sampler(scheduler_config)
+                                        : ddpm::make_sampler(scheduler_config, sampler_name);
+    if (app.count("--eta") && sampler.kind() != ddpm::SamplerKind::DDIM) {
+      return fail("--eta applies to the DDIM sampler only");
     }
-    std::fprintf(stderr, "sample: %s sampler, %lld steps\n", ddpm::sampler_kind_name(sampler.kind()).c_str(),
-                 static_cast<long long>(steps));
-    sampler.set_timesteps(steps);
-    unet->eval();
+    std::fprintf(stderr, "sample: %s sampler, %lld steps\n", sampler.info().name.c_str(), static_cast<long long>(steps));
+    ddpm::Pipeline pipe(unet, std::move(sampler), device);
 
     auto gen = at::detail::createCPUGenerator(seed);
-    torch::Tensor x_T;
-    const auto& uo = unet->options;
+    const auto opts = ddpm::GenerateOptions().num_inference_steps(steps).batch_size(batch_size).clamp(false);
+    torch::Tensor latents;
     if (!latents_path.empty()) {
       const auto tensors = ddpm::load_safetensors(latents_path);
       auto it = tensors.find("latents");
       if (it == tensors.end()) return fail("--latents: '" + latents_path + "' has no tensor named \"latents\"");
-      x_T = it->second.to(torch::kFloat32);
-      if (x_T.dim() != 4 || x_T.size(1) != uo.in_channels()) {
-        return fail("--latents: tensor \"latents\" in '" + latents_path + "' must be [B, " +
-                    std::to_string(uo.in_channels()) + ", H, W], got " + c10::str(x_T.sizes()));
+      latents = it->second.to(torch::kFloat32);
+      const int64_t c = pipe.unet()->options.in_channels();
+      if (latents.dim() != 4 || latents.size(1) != c) {
+        return fail("--latents: tensor \"latents\" in '" + latents_path + "' must be [B, " + std::to_string(c) +
+                    ", H, W], got " + c10::str(latents.sizes()));
       }
-      if (app.count("--num-samples") && x_T.size(0) != num_samples) {
+      if (app.count("--num-samples") && latents.size(0) != num_samples) {
         return fail("--num-samples " + std::to_string(num_samples) + " disagrees with the " +
-                    std::to_string(x_T.size(0)) + " latents in '" + latents_path + "'");
+                    std::to_string(latents.size(0)) + " latents in '" + latents_path + "'");
       }
-    } else {
-      const int64_t size = uo.sample_size() > 0 ? uo.sample_size() : 32;
-      x_T = torch::randn({num_samples, uo.in_channels(), size, size}, gen, torch::TensorOptions().dtype(torch::kFloat32)) *
-            sampler.init_noise_sigma();
+      num_samples = latents.size(0);
     }
-    ddpm::ProgressBar bar(static_cast<int64_t>(sampler.timesteps().size()), 0, "sample");
-    torch::Tensor images;
-    {
-      torch::NoGradGuard no_grad;
-      images = ddpm::sample_from(unet, sampler, x_T.to(device), gen, [&](const ddpm::SampleStep& s) {
-                 bar.update(s.index + 1);
-                 return true;
-               }).to(torch::kCPU);
-    }
+    ddpm::ProgressBar bar(num_samples, 0, "sample");
+    const auto progress = [&](const ddpm::GenerateProgress& p) {
+      bar.update(p.images_done + (p.step * std::min(batch_size, p.num_images - p.images_done)) / p.num_steps);
+      return true;
+    };
+    torch::Tensor images = latents.defined() ? pipe.generate_from(latents, gen, opts, progress)
+                                             : pipe.generate(num_samples, gen, opts, progress);
     bar.finish();
     if (!output_tensor.empty()) {
       ddpm::save_safetensors(output_tensor, {{"images", images.contiguous()}}, {{"format", "pt"}});

@@ -7,7 +7,9 @@
 
 // Core math: schedules, the forward process and its losses.
 #include <ddpm/schedule.hpp>
+#include <ddpm/prediction.hpp>
 #include <ddpm/forward_diffuser.hpp>
+#include <ddpm/samplers/protocol.hpp>
 
 // Samplers and the sampling loop.
 #include <ddpm/samplers/common.hpp>
@@ -16,6 +18,7 @@
 #include <ddpm/samplers/dpm_solver.hpp>
 #include <ddpm/sampler.hpp>
 #include <ddpm/sample.hpp>
+#include <ddpm/pipeline.hpp>
 
 // Networks (diffusers UNet2DModel-compatible).
 #include <ddpm/nn/time_embedding.hpp>
