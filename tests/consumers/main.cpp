@@ -1,7 +1,13 @@
-// A downstream program built against the INSTALLED package only (find_package(ddpm)).
-// Its body is the README's minimal example, so that example is compiled and run by CTest.
+// A downstream program, built by every consumer project in tests/consumers/ (one per way
+// of taking ddpm in: add_subdirectory, FetchContent, find_package, the .deb). Its body is
+// the README's minimal example, so that example is compiled and run by CTest.
+// Projects that link ddpm::distributed define DDPM_CONSUMER_DISTRIBUTED: the program then
+// also includes <ddpm/distributed.hpp> and links its c10d code.
 #include <ddpm/ddpm.hpp>
 #include <torch/torch.h>
+#ifdef DDPM_CONSUMER_DISTRIBUTED
+#include <ddpm/distributed.hpp>
+#endif
 
 #include <iostream>
 
@@ -34,6 +40,15 @@ int main() {
     std::cerr << "unexpected samples\n";
     return 1;
   }
+#ifdef DDPM_CONSUMER_DISTRIBUTED
+  // Without torchrun's WORLD_SIZE this is a single process (nullopt); the call still
+  // instantiates the c10d process-group code, so linking proves ddpm::distributed works.
+  if (ddpm::Distributed::from_env()) {
+    std::cerr << "expected a single process (WORLD_SIZE unset)\n";
+    return 1;
+  }
+  std::cout << "ddpm::distributed linked\n";
+#endif
   std::cout << "ddpm consumer OK\n";
   return 0;
 }
