@@ -3,6 +3,9 @@
 // the README's minimal example, so that example is compiled and run by CTest.
 // Projects that link ddpm::distributed define DDPM_CONSUMER_DISTRIBUTED: the program then
 // also includes <ddpm/distributed.hpp> and links its c10d code.
+// `app --quick` runs the same code with 2 training and 2 sampling steps instead of 10 and 50:
+// the find_package test runs the example as printed, the other ways run it quick (each full
+// run takes over a minute on a loaded 2-core machine).
 #include <ddpm/ddpm.hpp>
 #include <torch/torch.h>
 #ifdef DDPM_CONSUMER_DISTRIBUTED
@@ -10,8 +13,10 @@
 #endif
 
 #include <iostream>
+#include <string>
 
-int main() {
+int main(int argc, char** argv) {
+  const bool quick = argc > 1 && std::string(argv[1]) == "--quick";
   torch::manual_seed(0);
   ddpm::UNet unet(ddpm::UNetOptions::seed().in_channels(1).out_channels(1));
   ddpm::NoiseSchedule schedule(ddpm::NoiseScheduleOptions().num_train_timesteps(1000));
@@ -21,7 +26,7 @@ int main() {
 
   torch::Tensor x0 = torch::rand({8, 1, 32, 32}) * 2 - 1;  // your data in [-1, 1]
   float first = 0, last = 0;
-  for (int step = 0; step < 10; ++step) {
+  for (int step = 0, steps = quick ? 2 : 10; step < steps; ++step) {
     auto out = diffuser.loss(unet, x0, gen);  // MSE on the noise
     opt.zero_grad();
     out.loss.backward();
@@ -30,7 +35,7 @@ int main() {
   }
 
   ddpm::DDIMSampler sampler;
-  sampler.set_timesteps(50);
+  sampler.set_timesteps(quick ? 2 : 50);
   unet->eval();
   torch::Tensor images = ddpm::sample(unet, sampler, {4, 1, 32, 32}, gen);  // [4, 1, 32, 32]
 
