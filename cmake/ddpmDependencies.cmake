@@ -30,9 +30,10 @@ macro(ddpm_find_stb)
 endmacro()
 
 # c10d + Gloo, for ddpm::distributed (<ddpm/distributed.hpp>). c10d's headers come with
-# LibTorch when it was built with USE_DISTRIBUTED; Gloo's headers come with pip's LibTorch
-# (torch/include/gloo) or, on Debian, with libgloo-dev. Both are searched in LibTorch's own
-# include directories first, so the c10d headers always match the LibTorch in use.
+# LibTorch when it was built with USE_DISTRIBUTED and are searched ONLY in LibTorch's include
+# directories, so they always match the LibTorch in use. Gloo's headers are searched there
+# first (a LibTorch that bundles them), then on the usual paths (Debian: libgloo-dev; PyPI's
+# torch wheel ships none, so it uses those too).
 # Call after find_package(Torch). Result: DDPM_DISTRIBUTED_FOUND, DDPM_GLOO_INCLUDE_DIR,
 # DDPM_C10D_INCLUDE_DIR, DDPM_DISTRIBUTED_MESSAGE.
 macro(ddpm_find_distributed)
