@@ -33,6 +33,12 @@
 #include <ddpm/detail/json_util.hpp>
 #include <ddpm/error.hpp>
 
+#if !__has_include(<torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>)
+#error "<ddpm/distributed.hpp> needs LibTorch's c10d headers (torch/csrc/distributed/c10d/): use a LibTorch built with USE_DISTRIBUTED (Debian's libtorch-dev, PyTorch's own builds)"
+#endif
+#if !__has_include(<gloo/config.h>)
+#error "<ddpm/distributed.hpp> needs Gloo's headers (gloo/config.h): install libgloo-dev (Debian/Ubuntu) and link ddpm::distributed, or set CMake's DDPM_GLOO_INCLUDE_DIR to the directory that holds gloo/"
+#endif
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #ifdef USE_C10D_NCCL

@@ -36,6 +36,9 @@
 #pragma GCC diagnostic ignored "-Wsign-compare"
 #pragma GCC diagnostic ignored "-Wunused-parameter"
 #endif
+#if !__has_include(<stb/stb_image_write.h>) || !__has_include(<stb/stb_easy_font.h>)
+#error "<ddpm/io/png.hpp> (included by <ddpm/ddpm.hpp> and <ddpm/train/trainer.hpp>) needs stb's <stb/stb_image_write.h> and <stb/stb_easy_font.h>: install libstb-dev (Debian/Ubuntu), or set CMake's DDPM_STB_INCLUDE_DIR to the directory that holds stb/"
+#endif
 #define STB_IMAGE_WRITE_STATIC
 #define STB_IMAGE_WRITE_IMPLEMENTATION
 #define STBI_WRITE_NO_STDIO
