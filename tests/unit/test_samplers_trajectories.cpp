@@ -4,6 +4,9 @@
 // relative (README tolerance), starting from diffusers' scheduler_config as it writes it.
 #include "fixture_util.hpp"
 
+#include <ddpm/io/diffusers.hpp>
+#include <ddpm/io/safetensors.hpp>
+#include <ddpm/sample.hpp>
 #include <ddpm/sampler.hpp>
 #include <ddpm/samplers/dpm_solver.hpp>
 #include <ddpm/samplers/euler.hpp>
@@ -222,4 +225,34 @@ TEST_CASE("presets and names resolve to the diffusers configs they stand for", "
                             "unipc", "ddim", "ddpm"}) {
     CHECK_NOTHROW(resolve_sampler_name(a1111));
   }
+}
+
+TEST_CASE("tiny UNet end to end: each sampler name reproduces diffusers' output", "[sampler][e2e]") {
+  // tools/fixtures/samplers.py ran the unet_tiny UNet2DModel with each diffusers class (the
+  // overrides the name stands for applied to the class defaults), 10 steps, from the stored
+  // latents; stochastic ones drew from torch.Generator().manual_seed(seed) on CPU.
+  const auto& fx = diffusers_fixture("samplers/e2e_tiny_unet.json");
+  const auto tensors =
+      ddpm::load_safetensors(ddpm_test::diffusers_fixture_path("samplers/e2e_tiny_unet.safetensors"));
+  ddpm::UNet unet = ddpm::load_diffusers_unet(ddpm_test::diffusers_fixture_path("unet_tiny"));
+  unet->eval();
+  const auto latents = tensors.at("latents");
+  int cases = 0;
+  for (const auto& c : fx.at("cases")) {
+    const auto name = c.at("sampler").get<std::string>();
+    INFO("sampler " << name);
+    auto sampler = ddpm::make_sampler(c.at("scheduler_config"), name);
+    sampler.set_timesteps(c.at("steps").get<int64_t>());
+    const auto ts = c.at("timesteps").get<std::vector<double>>();
+    REQUIRE(sampler.timesteps().size() == ts.size());
+    for (size_t i = 0; i < ts.size(); ++i) CHECK(sampler.timesteps()[i] == Approx(ts[i]).epsilon(1e-6));
+    const auto x_T = latents * sampler.init_noise_sigma();
+    const auto out = ddpm::sample_from(unet, sampler, x_T, ddpm_test::cpu_gen(c.at("seed").get<uint64_t>()));
+    const auto expected = tensors.at("expected_" + name);
+    const double scale = expected.abs().max().item<double>();
+    CHECK(scale == Approx(c.at("max_abs").get<double>()).epsilon(1e-6));
+    CHECK((out - expected).abs().max().item<double>() < 1e-4 * scale);
+    ++cases;
+  }
+  CHECK(cases == 7);
 }
