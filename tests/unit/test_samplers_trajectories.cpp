@@ -4,6 +4,7 @@
 // relative (README tolerance), starting from diffusers' scheduler_config as it writes it.
 #include "fixture_util.hpp"
 
+#include <ddpm/forward_diffuser.hpp>
 #include <ddpm/io/diffusers.hpp>
 #include <ddpm/io/safetensors.hpp>
 #include <ddpm/sample.hpp>
@@ -255,4 +256,60 @@ TEST_CASE("tiny UNet end to end: each sampler name reproduces diffusers' output"
     ++cases;
   }
   CHECK(cases == 7);
+}
+
+namespace {
+/// A denoiser that knows x0: from the model input (the VP sample x_t = alpha x0 + sigma_vp eps)
+/// and a float timestep t it answers exactly for its prediction type, with sigma(t) linearly
+/// interpolated (float64) between the training sigmas sqrt((1 - abar)/abar), independently of
+/// the samplers' code.
+struct SigmaPerfectDenoiser {
+  torch::Tensor abar;  // float64 [T]
+  torch::Tensor x0;    // float64
+  ddpm::PredictionType type;
+  int calls = 0;
+  torch::Tensor operator()(const torch::Tensor& x_in, const torch::Tensor& t) {
+    ++calls;
+    const double tv = t[0].item<double>();
+    const auto lo = static_cast<int64_t>(std::floor(tv));
+    const auto hi = std::min<int64_t>(lo + 1, abar.size(0) - 1);
+    auto sig = [&](int64_t i) {
+      const double a = abar[i].item<double>();
+      return std::sqrt((1 - a) / a);
+    };
+    const double sigma = sig(lo) + (tv - static_cast<double>(lo)) * (sig(hi) - sig(lo));
+    const double alpha = 1.0 / std::sqrt(sigma * sigma + 1.0);
+    const double s_vp = sigma * alpha;
+    const auto x = x_in.to(torch::kFloat64);
+    const auto eps = (x - alpha * x0) / s_vp;
+    torch::Tensor out;
+    switch (type) {
+      case ddpm::PredictionType::Epsilon: out = eps; break;
+      case ddpm::PredictionType::Sample: out = x0; break;
+      case ddpm::PredictionType::VPrediction: out = alpha * eps - s_vp * x0; break;
+    }
+    return out.to(x_in.scalar_type());
+  }
+};
+}  // namespace
+
+TEST_CASE("new samplers recover x0 from a perfect denoiser through ddpm::sample", "[sampler][sample]") {
+  auto gen = ddpm_test::cpu_gen(21);
+  const auto x0 = torch::rand({2, 3, 4, 4}, gen) * 1.8 - 0.9;
+  const auto abar = ddpm::NoiseSchedule().alphas_cumprod().to(torch::kFloat64);
+  for (auto pt : {ddpm::PredictionType::Epsilon, ddpm::PredictionType::Sample, ddpm::PredictionType::VPrediction}) {
+    for (const char* name : {"euler", "euler_a", "heun", "unipc", "unipc_3", "dpmpp_2m_sde", "dpmpp_3m"}) {
+      if (pt == ddpm::PredictionType::Sample && std::string(name) == "euler_a") continue;  // unsupported
+      INFO(name << " " << nlohmann::json(pt).dump());
+      // linear betas 1e-4 .. 0.02 for all (Heun's class default differs)
+      nlohmann::json cfg = {{"prediction_type", pt}, {"beta_start", 1e-4}, {"beta_end", 0.02}};
+      auto s = ddpm::make_sampler(cfg, std::string(name));
+      s.set_timesteps(25);
+      SigmaPerfectDenoiser model{abar, x0.to(torch::kFloat64), pt};
+      auto g = ddpm_test::cpu_gen(3);
+      const auto out = ddpm::sample(model, s, {2, 3, 4, 4}, g);
+      CHECK(model.calls == static_cast<int>(s.timesteps().size()));
+      CHECK((out - x0).abs().max().item<double>() < 1e-4);
+    }
+  }
 }
