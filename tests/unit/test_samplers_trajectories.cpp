@@ -313,3 +313,18 @@ TEST_CASE("new samplers recover x0 from a perfect denoiser through ddpm::sample"
     }
   }
 }
+
+TEST_CASE("DPM-Solver refuses the Karras + sigma_min last step diffusers turns into NaN", "[sampler][dpm][errors]") {
+  using Catch::Matchers::Contains;
+  auto opts = ddpm::DPMSolverSamplerOptions().use_karras_sigmas(true).final_sigmas_type(ddpm::FinalSigmasType::SigmaMin);
+  ddpm::DPMSolverSampler o3(ddpm::DPMSolverSamplerOptions(opts).solver_order(3));
+  CHECK_THROWS_WITH(o3.set_timesteps(16), Contains("sigma_min") && Contains("NaN") && Contains("order 3"));
+  CHECK_NOTHROW(o3.set_timesteps(12));  // lower_order_final, < 15 steps: a first-order last step (fixture run)
+  ddpm::DPMSolverSampler heun(ddpm::DPMSolverSamplerOptions(opts).solver_type(ddpm::DPMSolverType::Heun));
+  CHECK_THROWS_WITH(heun.set_timesteps(20), Contains("order 2"));
+  ddpm::DPMSolverSampler mid(opts);  // midpoint: D1 = 0 there, finite as in diffusers
+  mid.set_timesteps(20);
+  auto x = torch::randn({1, 1, 2, 2}, ddpm_test::cpu_gen(1));
+  for (double t : mid.timesteps()) x = mid.step(toy_model(x, t), t, x).prev_sample;
+  CHECK(torch::isfinite(x).all().item<bool>());
+}

@@ -287,6 +287,16 @@ class DPMSolverSampler {
     }
     sigmas_ = torch::cat({picked, last_sigma});
     timesteps_ = detail::as_double_timesteps(ts);
+    // Karras + sigma_min ends on sigma_min twice (h = 0 on the last step); a higher-order last
+    // step then divides by h (heun) or h^2 (order 3): diffusers returns NaN. Refuse instead.
+    const int64_t last_order = order_rule(N - 1, N, std::min<int64_t>(N - 1, options_.solver_order()));
+    if (options_.use_karras_sigmas() && options_.final_sigmas_type() == FinalSigmasType::SigmaMin &&
+        (last_order == 3 || (last_order == 2 && options_.solver_type() == DPMSolverType::Heun))) {
+      throw Error(std::string(where) + ": use_karras_sigmas with final_sigmas_type \"sigma_min\" repeats sigma_min, "
+                  "so the last step (order " + std::to_string(last_order) + ", " + std::to_string(N) +
+                  " steps) has h = 0 and diffusers returns NaN; use fewer than 15 steps with lower_order_final, "
+                  "euler_at_final, or final_sigmas_type \"zero\"");
+    }
     reset();
   }
 

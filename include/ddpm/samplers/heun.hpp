@@ -50,6 +50,7 @@ inline void from_json(const nlohmann::json& j, HeunSamplerOptions& o) {
   const std::string ctx = "HeunDiscreteScheduler config";
   o = HeunSamplerOptions{};
   detail::read_schedule_keys(j, o.schedule(), ctx);
+  o.schedule().rescale_betas_zero_snr(false);  // not a HeunDiscreteScheduler key: diffusers ignores it
   detail::get_optional(j, "prediction_type", o.prediction_type(), ctx);
   detail::get_optional(j, "use_karras_sigmas", o.use_karras_sigmas(), ctx);
   detail::get_optional(j, "clip_sample", o.clip_sample(), ctx);
@@ -71,6 +72,10 @@ class HeunSampler {
     return keys;
   }
   explicit HeunSampler(HeunSamplerOptions options = {}) : options_(std::move(options)), schedule_(options_.schedule()) {
+    if (options_.schedule().rescale_betas_zero_snr()) {
+      throw Error("HeunSampler: rescale_betas_zero_snr is not supported (diffusers' HeunDiscreteScheduler has no "
+                  "such option; its last sigma would be infinite)");
+    }
     if (!(options_.clip_sample_range() > 0)) {
       throw Error("HeunSampler: clip_sample_range must be > 0, got " + std::to_string(options_.clip_sample_range()));
     }

@@ -291,7 +291,7 @@ class UniPCSampler {
     const auto c = coefficients(h, s0.lambda, lambdas, order);
     torch::Tensor pred_res;
     if (order >= 2) {
-      const auto rhos = order == 2 ? torch::full({1}, 0.5, x.options().dtype(h.scalar_type()))
+      const auto rhos = order == 2 ? torch::full({1}, 0.5, h.options())
                                    : at::linalg_solve(c.R.slice(0, 0, -1).slice(1, 0, -1), c.b.slice(0, 0, -1));
       for (int64_t k = 1; k < order; ++k) {
         const auto D1 = (model_outputs_[n - 1 - static_cast<size_t>(k)] - m0) / c.rks[static_cast<size_t>(k - 1)];
@@ -320,7 +320,7 @@ class UniPCSampler {
     std::vector<torch::Tensor> lambdas;
     for (int64_t k = 1; k < order; ++k) lambdas.push_back(detail::alpha_sigma_lambda(sigmas_[i - (k + 1)]).lambda);
     const auto c = coefficients(h, s0.lambda, lambdas, order);
-    const auto rhos = order == 1 ? torch::full({1}, 0.5, this_sample.options().dtype(h.scalar_type()))
+    const auto rhos = order == 1 ? torch::full({1}, 0.5, h.options())
                                  : at::linalg_solve(c.R, c.b);
     torch::Tensor corr_res;
     for (int64_t k = 1; k < order; ++k) {
