@@ -229,9 +229,10 @@ TEST_CASE("presets and names resolve to the diffusers configs they stand for", "
 }
 
 TEST_CASE("tiny UNet end to end: each sampler name reproduces diffusers' output", "[sampler][e2e]") {
-  // tools/fixtures/samplers.py ran the unet_tiny UNet2DModel with each diffusers class (the
-  // overrides the name stands for applied to the class defaults), 10 steps, from the stored
-  // latents; stochastic ones drew from torch.Generator().manual_seed(seed) on CPU.
+  // tools/fixtures/samplers.py ran the unet_tiny UNet2DModel (= e2e/dpmpp_tiny's) with each
+  // diffusers class made by Cls.from_config(dpmpp_tiny's scheduler_config, **overrides the name
+  // stands for), 10 steps, from the stored latents; stochastic ones drew from
+  // torch.Generator().manual_seed(seed) on CPU.
   const auto& fx = diffusers_fixture("samplers/e2e_tiny_unet.json");
   const auto tensors =
       ddpm::load_safetensors(ddpm_test::diffusers_fixture_path("samplers/e2e_tiny_unet.safetensors"));
@@ -243,6 +244,11 @@ TEST_CASE("tiny UNet end to end: each sampler name reproduces diffusers' output"
     const auto name = c.at("sampler").get<std::string>();
     INFO("sampler " << name);
     auto sampler = ddpm::make_sampler(c.at("scheduler_config"), name);
+    // the name on the folder's config means the config diffusers' Cls.from_config(config, **overrides)
+    // wrote (which also carries the DPM keys it does not use)
+    const auto as_diffusers = ddpm::make_sampler(c.at("diffusers_config"));
+    CHECK(as_diffusers.kind() == sampler.kind());
+    CHECK(as_diffusers.options_json() == sampler.options_json());
     sampler.set_timesteps(c.at("steps").get<int64_t>());
     const auto ts = c.at("timesteps").get<std::vector<double>>();
     REQUIRE(sampler.timesteps().size() == ts.size());
