@@ -63,6 +63,21 @@ inline torch::Tensor predict_epsilon(const torch::Tensor& model_output, const to
   TORCH_CHECK(false, "predict_epsilon: invalid prediction type ", static_cast<int>(type));
 }
 
+/// x0 implied by a model output at the variance-exploding sample x = x0 + sigma eps (Karras /
+/// k-diffusion form used by the Euler and Heun samplers; sigma a 0-dim tensor), with diffusers'
+/// operand order: epsilon: x - sigma eps;  sample: the output;
+/// v: v (-sigma / sqrt(sigma^2 + 1)) + x / (sigma^2 + 1).
+inline torch::Tensor predict_x0_from_sigma(const torch::Tensor& model_output, const torch::Tensor& sample,
+                                           const torch::Tensor& sigma, PredictionType type) {
+  switch (type) {
+    case PredictionType::Epsilon: return sample - sigma * model_output;
+    case PredictionType::Sample: return model_output;
+    case PredictionType::VPrediction:
+      return model_output * (-sigma / (sigma * sigma + 1).sqrt()) + (sample / (sigma * sigma + 1));
+  }
+  TORCH_CHECK(false, "predict_x0_from_sigma: invalid prediction type ", static_cast<int>(type));
+}
+
 /// x0 clipping to [-range, range] (diffusers `clip_sample`).
 inline torch::Tensor clip_x0(const torch::Tensor& x0, double range) { return x0.clamp(-range, range); }
 

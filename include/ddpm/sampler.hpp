@@ -14,7 +14,11 @@
 #include <ddpm/samplers/ddim.hpp>
 #include <ddpm/samplers/ddpm.hpp>
 #include <ddpm/samplers/dpm_solver.hpp>
+#include <ddpm/samplers/euler.hpp>
+#include <ddpm/samplers/euler_ancestral.hpp>
+#include <ddpm/samplers/heun.hpp>
 #include <ddpm/samplers/protocol.hpp>
+#include <ddpm/samplers/unipc.hpp>
 
 #include <c10/util/Optional.h>
 #include <torch/types.h>
@@ -37,7 +41,15 @@
   X(DDPM, DDPMSampler, "ddpm", "", "DDPM ancestral sampling (Ho et al. 2020); stochastic")       \
   X(DDIM, DDIMSampler, "ddim", "", "DDIM (Song et al. 2021); deterministic at eta = 0")          \
   X(DPMSolver, DPMSolverSampler, "dpm++", "dpmpp_2m dpm_solver",                                  \
-    "DPM-Solver++(2M) multistep (Lu et al. 2022)")
+    "DPM-Solver++(2M) multistep (Lu et al. 2022); DPMSolverMultistepScheduler as configured")       \
+  X(Euler, EulerSampler, "euler", "euler_discrete",                                                \
+    "Euler (Karras et al. 2022), EulerDiscreteScheduler; deterministic")                          \
+  X(EulerAncestral, EulerAncestralSampler, "euler_a", "euler_ancestral",                          \
+    "Euler ancestral (k-diffusion), EulerAncestralDiscreteScheduler; stochastic")                 \
+  X(Heun, HeunSampler, "heun", "",                                                                 \
+    "Heun 2nd order (Karras et al. 2022), HeunDiscreteScheduler; 2 model calls per step")         \
+  X(UniPC, UniPCSampler, "unipc", "unipc_bh2",                                                     \
+    "UniPC predictor-corrector (Zhao et al. 2023), UniPCMultistepScheduler (bh2, order 2)")
 
 namespace ddpm {
 
@@ -89,7 +101,27 @@ inline const std::vector<SamplerInfo>& registered_samplers() {
 
 /// Named presets (registered sampler + overrides).
 inline const std::vector<SamplerPreset>& sampler_presets() {
-  static const std::vector<SamplerPreset> presets = {};
+  static const std::vector<SamplerPreset> presets = {
+      {"dpmpp_2m_karras", SamplerKind::DPMSolver, {{"use_karras_sigmas", true}},
+       "DPM++ 2M Karras: DPMSolverMultistepScheduler + use_karras_sigmas=true"},
+      {"dpmpp_2m_sde", SamplerKind::DPMSolver, {{"algorithm_type", "sde-dpmsolver++"}},
+       "DPM++ 2M SDE: DPMSolverMultistepScheduler + algorithm_type=sde-dpmsolver++; stochastic"},
+      {"dpmpp_2m_sde_karras", SamplerKind::DPMSolver,
+       {{"algorithm_type", "sde-dpmsolver++"}, {"use_karras_sigmas", true}},
+       "DPM++ 2M SDE Karras: + algorithm_type=sde-dpmsolver++, use_karras_sigmas=true; stochastic"},
+      {"dpmpp_3m", SamplerKind::DPMSolver, {{"solver_order", 3}},
+       "DPM++ 3M: DPMSolverMultistepScheduler + solver_order=3"},
+      {"dpmpp_3m_karras", SamplerKind::DPMSolver, {{"solver_order", 3}, {"use_karras_sigmas", true}},
+       "DPM++ 3M Karras: + solver_order=3, use_karras_sigmas=true"},
+      {"euler_karras", SamplerKind::Euler, {{"use_karras_sigmas", true}},
+       "Euler Karras: EulerDiscreteScheduler + use_karras_sigmas=true"},
+      {"heun_karras", SamplerKind::Heun, {{"use_karras_sigmas", true}},
+       "Heun Karras: HeunDiscreteScheduler + use_karras_sigmas=true"},
+      {"unipc_bh1", SamplerKind::UniPC, {{"solver_type", "bh1"}, {"final_sigmas_type", "sigma_min"}},
+       "UniPC bh1: UniPCMultistepScheduler + solver_type=bh1, final_sigmas_type=sigma_min"},
+      {"unipc_3", SamplerKind::UniPC, {{"solver_order", 3}},
+       "UniPC order 3: UniPCMultistepScheduler + solver_order=3"},
+  };
   return presets;
 }
 
@@ -249,10 +281,10 @@ inline AnySampler build_sampler(SamplerKind kind, const nlohmann::json& j) {
 }  // namespace detail
 
 /// Builds a sampler from a diffusers scheduler_config object, like diffusers' from_config.
-/// The kind defaults from "_class_name" (DDPMScheduler, DDIMScheduler,
-/// DPMSolverMultistepScheduler); passing `kind` overrides it (keys meant for the other
-/// schedulers are then ignored, as diffusers does). Any key that belongs to none of the three
-/// is rejected, naming it.
+/// The kind defaults from "_class_name" (any registered class: DDPMScheduler, DDIMScheduler,
+/// DPMSolverMultistepScheduler, EulerDiscreteScheduler, ...); passing `kind` overrides it (keys
+/// meant for the other schedulers are then ignored, as diffusers does). Any key that belongs to
+/// no registered scheduler is rejected, naming it.
 inline AnySampler make_sampler(const nlohmann::json& scheduler_config,
                                c10::optional<SamplerKind> kind = c10::nullopt) {
   if (!scheduler_config.is_object()) {

@@ -323,8 +323,9 @@ TEST_CASE("sampler errors name the value at fault", "[sampler][errors]") {
 
   auto bad = [](const char* text) { return nlohmann::json::parse(text); };
   CHECK_THROWS_WITH(make_sampler(bad(R"({"_class_name": "DDIMScheduler", "foo": 1})")), Contains("\"foo\""));
-  CHECK_THROWS_WITH(make_sampler(bad(R"({"_class_name": "EulerDiscreteScheduler"})")),
-                    Contains("EulerDiscreteScheduler") && Contains("DDIMScheduler"));
+  CHECK_THROWS_WITH(make_sampler(bad(R"({"_class_name": "LMSDiscreteScheduler"})")),
+                    Contains("LMSDiscreteScheduler") && Contains("DDIMScheduler") &&
+                        Contains("EulerDiscreteScheduler") && Contains("UniPCMultistepScheduler"));
   CHECK_THROWS_WITH(make_sampler(bad(R"({"beta_end": 0.02})")), Contains("_class_name"));
   CHECK_THROWS_WITH(make_sampler(bad(R"({"_class_name": "DDIMScheduler", "timestep_spacing": "uniform"})")),
                     Contains("uniform") && Contains("leading") && Contains("trailing") && Contains("linspace"));
@@ -336,13 +337,28 @@ TEST_CASE("sampler errors name the value at fault", "[sampler][errors]") {
                     Contains("learned_range") && Contains("fixed_small"));
   CHECK_THROWS_WITH(make_sampler(bad(R"({"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "dpmsolver"})")),
                     Contains("\"dpmsolver\"") && Contains("dpmsolver++"));
-  CHECK_THROWS_WITH(make_sampler(bad(R"({"_class_name": "DPMSolverMultistepScheduler", "use_karras_sigmas": true})")),
-                    Contains("use_karras_sigmas"));
-  CHECK_THROWS_WITH(make_sampler(bad(R"({"_class_name": "DPMSolverMultistepScheduler", "solver_order": 3})")),
+  CHECK_THROWS_WITH(make_sampler(bad(R"({"_class_name": "DPMSolverMultistepScheduler", "use_lu_lambdas": true})")),
+                    Contains("use_lu_lambdas"));
+  CHECK_THROWS_WITH(make_sampler(bad(R"({"_class_name": "DPMSolverMultistepScheduler", "solver_order": 4})")),
+                    Contains("solver_order") && Contains("4"));
+  CHECK_THROWS_WITH(make_sampler(bad(R"({"_class_name": "DPMSolverMultistepScheduler", "solver_order": 3,
+                                         "algorithm_type": "sde-dpmsolver++"})")),
+                    Contains("solver_order 3") && Contains("sde-dpmsolver++"));
+  CHECK_THROWS_WITH(make_sampler(bad(R"({"_class_name": "EulerDiscreteScheduler", "use_beta_sigmas": true})")),
+                    Contains("use_beta_sigmas"));
+  CHECK_THROWS_WITH(make_sampler(bad(R"({"_class_name": "EulerDiscreteScheduler", "interpolation_type": "log_linear"})")),
+                    Contains("interpolation_type") && Contains("log_linear"));
+  CHECK_THROWS_WITH(make_sampler(bad(R"({"_class_name": "EulerAncestralDiscreteScheduler", "prediction_type": "sample"})")),
+                    Contains("sample") && Contains("v_prediction"));
+  CHECK_THROWS_WITH(make_sampler(bad(R"({"_class_name": "UniPCMultistepScheduler", "solver_type": "bh1"})")),
+                    Contains("sigma_min") && Contains("bh2"));
+  CHECK_THROWS_WITH(make_sampler(bad(R"({"_class_name": "UniPCMultistepScheduler", "solver_order": 4})")),
                     Contains("solver_order") && Contains("3"));
   CHECK_THROWS_WITH(make_sampler(bad(R"({"_class_name": "DDIMScheduler", "steps_offset": "one"})")),
                     Contains("steps_offset"));
-  CHECK_THROWS_WITH(sampler_kind_from_string("euler"), Contains("euler") && Contains("dpm++"));
+  CHECK_THROWS_WITH(sampler_kind_from_string("lms"), Contains("lms") && Contains("dpm++") && Contains("euler_a") &&
+                                                        Contains("dpmpp_2m_karras") && Contains("unipc"));
+  CHECK_THROWS_WITH(sampler_kind_from_string("dpmpp_3m"), Contains("preset"));
 
   const std::string missing = "/nonexistent/dir/scheduler_config.json";
   CHECK_THROWS_WITH(load_sampler(missing), Contains(missing));

@@ -1,6 +1,7 @@
 #pragma once
-/// DPM-Solver++ multistep (Lu et al. 2022, "DPM-Solver++", Alg. 2: "2M"), exactly as diffusers
-/// v0.31.0 DPMSolverMultistepScheduler computes it for algorithm_type "dpmsolver++":
+/// DPM-Solver++ multistep (Lu et al. 2022, "DPM-Solver++", Alg. 2: "2M", and its third-order
+/// "3M" and stochastic "SDE" variants), exactly as diffusers v0.31.0 DPMSolverMultistepScheduler
+/// computes it for algorithm_type "dpmsolver++" and "sde-dpmsolver++":
 ///   sigma_i = sqrt((1-abar)/abar) at timesteps[i], plus a final 0 ("zero") or sigma_min;
 ///   alpha_t = 1/sqrt(sigma^2+1), sigma_t = sigma*alpha_t, lambda = log(alpha_t) - log(sigma_t)
 ///   x0 from the model output (data prediction), optionally thresholded
@@ -8,17 +9,29 @@
 ///   2nd order (midpoint): D0 = m0, D1 = (m0 - m1)/r0, r0 = h_0/h,
 ///       x = (sigma_t/sigma_s0) x - alpha_t (e^{-h}-1) D0 - 0.5 alpha_t (e^{-h}-1) D1
 ///   (heun: ... + alpha_t ((e^{-h}-1)/h + 1) D1)
-/// The first step is first order (no history); the last is first order when final sigma is
-/// zero, euler_at_final, or lower_order_final with fewer than 15 steps. Reaching sigma = 0 gives
+///   3rd order (dpmsolver++ only): r0 = h_0/h, r1 = h_1/h, D1_0 = (m0-m1)/r0, D1_1 = (m1-m2)/r1,
+///       D1 = D1_0 + r0/(r0+r1) (D1_0 - D1_1), D2 = (D1_0 - D1_1)/(r0+r1),
+///       x = (sigma_t/sigma_s0) x - alpha_t (e^{-h}-1) D0 + alpha_t ((e^{-h}-1)/h + 1) D1
+///           - alpha_t ((e^{-h}-1+h)/h^2 - 1/2) D2
+///   sde-dpmsolver++ 1st order: x = (sigma_t/sigma_s) e^{-h} x + alpha_t (1 - e^{-2h}) x0
+///       + sigma_t sqrt(1 - e^{-2h}) z;  2nd order adds 0.5 alpha_t (1 - e^{-2h}) D1 (midpoint)
+///       or alpha_t ((1 - e^{-2h})/(-2h) + 1) D1 (heun); z ~ N(0, I) drawn every step or supplied.
+///   Karras sigmas (use_karras_sigmas): rho = 7 between the training sigma_min and sigma_max,
+///       timesteps round(sigma_to_t(sigma)) (samplers/sigmas.hpp).
+/// The first step is first order (no history), the second at most second order; the last is first
+/// order when final sigma is zero, euler_at_final, or lower_order_final with fewer than 15 steps,
+/// and the one before it at most second order under lower_order_final with fewer than 15 steps. Reaching sigma = 0 gives
 /// lambda = +inf, e^{-h} = 0 and x = x0 exactly. With zero-terminal-SNR schedules the last
 /// alphas_cumprod (0) is replaced by 2^-24 as diffusers does.
 #include <ddpm/samplers/common.hpp>
+#include <ddpm/samplers/sigmas.hpp>
 
 #include <torch/arg.h>
 #include <torch/types.h>
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -27,8 +40,9 @@
 
 namespace ddpm {
 
-/// Only "dpmsolver++" (data prediction) is implemented.
-enum class DPMSolverAlgorithm { DPMSolverPlusPlus };
+/// "dpmsolver++" (data prediction) or its stochastic "sde-dpmsolver++" (the deprecated noise
+/// prediction "dpmsolver" / "sde-dpmsolver" are not implemented).
+enum class DPMSolverAlgorithm { DPMSolverPlusPlus, SDEDPMSolverPlusPlus };
 /// Second-order update rule.
 enum class DPMSolverType { Midpoint, Heun };
 /// The sigma the last step reaches.
@@ -36,7 +50,8 @@ enum class FinalSigmasType { Zero, SigmaMin };
 
 namespace detail {
 inline const EnumNames<DPMSolverAlgorithm>& dpm_algorithm_names() {
-  static const EnumNames<DPMSolverAlgorithm> names = {{DPMSolverAlgorithm::DPMSolverPlusPlus, "dpmsolver++"}};
+  static const EnumNames<DPMSolverAlgorithm> names = {{DPMSolverAlgorithm::DPMSolverPlusPlus, "dpmsolver++"},
+                                                      {DPMSolverAlgorithm::SDEDPMSolverPlusPlus, "sde-dpmsolver++"}};
   return names;
 }
 inline const EnumNames<DPMSolverType>& dpm_solver_type_names() {
@@ -59,12 +74,14 @@ DDPM_JSON_ENUM(FinalSigmasType, detail::final_sigmas_type_names, "final_sigmas_t
 struct DPMSolverSamplerOptions {
   TORCH_ARG(NoiseScheduleOptions, schedule) = {};
   TORCH_ARG(PredictionType, prediction_type) = PredictionType::Epsilon;
-  /// 1 or 2 (3 is not implemented).
+  /// 1, 2 or 3 (3: "DPM++ 3M"; dpmsolver++ only).
   TORCH_ARG(int64_t, solver_order) = 2;
   TORCH_ARG(DPMSolverAlgorithm, algorithm_type) = DPMSolverAlgorithm::DPMSolverPlusPlus;
   TORCH_ARG(DPMSolverType, solver_type) = DPMSolverType::Midpoint;
   TORCH_ARG(bool, lower_order_final) = true;
   TORCH_ARG(bool, euler_at_final) = false;
+  /// Karras et al. (2022) rho = 7 sigmas ("DPM++ 2M Karras").
+  TORCH_ARG(bool, use_karras_sigmas) = false;
   TORCH_ARG(FinalSigmasType, final_sigmas_type) = FinalSigmasType::Zero;
   /// Timesteps whose lambda is below this are cut off (-inf: none).
   TORCH_ARG(double, lambda_min_clipped) = -std::numeric_limits<double>::infinity();
@@ -114,7 +131,7 @@ inline void to_json(nlohmann::json& j, const DPMSolverSamplerOptions& o) {
   j["thresholding"] = o.thresholding();
   j["dynamic_thresholding_ratio"] = o.dynamic_thresholding_ratio();
   j["sample_max_value"] = o.sample_max_value();
-  j["use_karras_sigmas"] = false;
+  j["use_karras_sigmas"] = o.use_karras_sigmas();
   j["use_exponential_sigmas"] = false;
   j["use_beta_sigmas"] = false;
   j["use_lu_lambdas"] = false;
@@ -122,8 +139,8 @@ inline void to_json(nlohmann::json& j, const DPMSolverSamplerOptions& o) {
 }
 
 /// Accepts any DDPM/DDIM/DPM-Solver scheduler key (others' keys are ignored); rejects unknown
-/// keys and features that are not implemented (Karras/exponential/beta sigmas, Lu lambdas,
-/// learned variances, algorithms other than dpmsolver++).
+/// keys and features that are not implemented (exponential/beta sigmas, Lu lambdas, learned
+/// variances, algorithms other than dpmsolver++ and sde-dpmsolver++).
 inline void from_json(const nlohmann::json& j, DPMSolverSamplerOptions& o) {
   const std::string ctx = "DPM-Solver scheduler config";
   o = DPMSolverSamplerOptions{};
@@ -141,7 +158,8 @@ inline void from_json(const nlohmann::json& j, DPMSolverSamplerOptions& o) {
   detail::get_optional(j, "thresholding", o.thresholding(), ctx);
   detail::get_optional(j, "dynamic_thresholding_ratio", o.dynamic_thresholding_ratio(), ctx);
   detail::get_optional(j, "sample_max_value", o.sample_max_value(), ctx);
-  for (const char* k : {"use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas"}) {
+  detail::get_optional(j, "use_karras_sigmas", o.use_karras_sigmas(), ctx);
+  for (const char* k : {"use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas"}) {
     bool v = false;
     detail::get_optional(j, k, v, ctx);
     if (v) throw Error(ctx + ": \"" + k + "\": true is not supported (only the default sigmas)");
@@ -171,8 +189,12 @@ class DPMSolverSampler {
   explicit DPMSolverSampler(DPMSolverSamplerOptions options = {})
       : options_(std::move(options)), schedule_(options_.schedule()) {
     const std::string where = "DPMSolverSampler";
-    if (options_.solver_order() != 1 && options_.solver_order() != 2) {
-      throw Error(where + ": solver_order must be 1 or 2, got " + std::to_string(options_.solver_order()));
+    if (options_.solver_order() < 1 || options_.solver_order() > 3) {
+      throw Error(where + ": solver_order must be 1, 2 or 3, got " + std::to_string(options_.solver_order()));
+    }
+    if (options_.solver_order() == 3 && options_.algorithm_type() == DPMSolverAlgorithm::SDEDPMSolverPlusPlus) {
+      throw Error(where + ": solver_order 3 is not defined for algorithm_type \"sde-dpmsolver++\" (diffusers has no "
+                  "third-order SDE update); use solver_order 2");
     }
     detail::check_threshold_options(options_.dynamic_thresholding_ratio(), options_.sample_max_value(),
                                     where);
@@ -244,9 +266,18 @@ class DPMSolverSampler {
         break;
       }
     }
+    torch::Tensor picked;
+    if (options_.use_karras_sigmas()) {
+      // diffusers: Karras sigmas between the training sigma_min and sigma_max (lambda_min_clipped
+      // and the spacing above do not matter), timesteps round(sigma_to_t(sigma)).
+      const auto ks = detail::karras_sigmas(train_sigmas_[0].item<double>(), train_sigmas_[T - 1].item<double>(), N);
+      const auto log_sigmas = detail::log_train_sigmas(train_sigmas_);
+      ts.clear();
+      for (double sg : ks) ts.push_back(static_cast<int64_t>(detail::np_round(detail::sigma_to_t(sg, log_sigmas))));
+      picked = torch::tensor(ks, torch::kFloat64).to(train_sigmas_.scalar_type());
+    }
     detail::check_timestep_list(ts, T, where);
-    const auto idx = torch::tensor(ts, torch::kLong);
-    const auto picked = train_sigmas_.index_select(0, idx);
+    if (!picked.defined()) picked = train_sigmas_.index_select(0, torch::tensor(ts, torch::kLong));
     torch::Tensor last_sigma;
     if (options_.final_sigmas_type() == FinalSigmasType::Zero) {
       last_sigma = torch::zeros({1}, train_sigmas_.options());
@@ -256,6 +287,16 @@ class DPMSolverSampler {
     }
     sigmas_ = torch::cat({picked, last_sigma});
     timesteps_ = detail::as_double_timesteps(ts);
+    // Karras + sigma_min ends on sigma_min twice (h = 0 on the last step); a higher-order last
+    // step then divides by h (heun) or h^2 (order 3): diffusers returns NaN. Refuse instead.
+    const int64_t last_order = order_rule(N - 1, N, std::min<int64_t>(N - 1, options_.solver_order()));
+    if (options_.use_karras_sigmas() && options_.final_sigmas_type() == FinalSigmasType::SigmaMin &&
+        (last_order == 3 || (last_order == 2 && options_.solver_type() == DPMSolverType::Heun))) {
+      throw Error(std::string(where) + ": use_karras_sigmas with final_sigmas_type \"sigma_min\" repeats sigma_min, "
+                  "so the last step (order " + std::to_string(last_order) + ", " + std::to_string(N) +
+                  " steps) has h = 0 and diffusers returns NaN; use fewer than 15 steps with lower_order_final, "
+                  "euler_at_final, or final_sigmas_type \"zero\"");
+    }
     reset();
   }
 
@@ -270,13 +311,11 @@ class DPMSolverSampler {
   }
 
   /// One multistep update x_t -> x_{t_next}. Steps must follow timesteps() in order (the first
-  /// call may start at any entry). generator/variance_noise are unused (the solver is
-  /// deterministic); they exist for a uniform sampler interface.
+  /// call may start at any entry). sde-dpmsolver++ draws z from `generator` on CPU (float32)
+  /// unless `variance_noise` supplies it; dpmsolver++ ignores both.
   SamplerStepOutput step(const torch::Tensor& model_output, double timestep, const torch::Tensor& sample,
                          c10::optional<torch::Generator> generator = c10::nullopt,
                          c10::optional<torch::Tensor> variance_noise = c10::nullopt) {
-    (void)generator;
-    (void)variance_noise;
     const char* where = "DPMSolverSampler::step";
     const int64_t t = detail::integer_timestep(timestep, where);
     TORCH_CHECK(!timesteps_.empty(), where,
@@ -296,10 +335,8 @@ class DPMSolverSampler {
                   timesteps_[static_cast<size_t>(step_index_)], " (step ", step_index_, " of ", N,
                   "), got ", t);
     }
+    detail::check_variance_noise(variance_noise, sample, where);
     const int64_t i = step_index_;
-    const bool lower_final =
-        i == N - 1 && (options_.euler_at_final() || (options_.lower_order_final() && N < 15) ||
-                       options_.final_sigmas_type() == FinalSigmasType::Zero);
 
     const auto x0 = convert_model_output(model_output, sample, i);
     model_outputs_.push_back(x0);
@@ -308,28 +345,43 @@ class DPMSolverSampler {
     }
     const auto work = schedule_.dtype() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
     const auto x = sample.to(work);
+    torch::Tensor noise;
+    if (options_.algorithm_type() == DPMSolverAlgorithm::SDEDPMSolverPlusPlus) {
+      noise = (variance_noise.has_value() && variance_noise->defined())
+                  ? variance_noise->to(model_output.device(), work)
+                  : detail::draw_noise_like(x, generator);
+    }
     torch::Tensor prev;
-    if (options_.solver_order() == 1 || lower_order_nums_ < 1 || lower_final) {
-      prev = first_order_update(x0, x, i);
-    } else {
-      prev = second_order_update(x, i);
+    switch (order_for(i, N)) {
+      case 1: prev = first_order_update(x0, x, i, noise); break;
+      case 2: prev = second_order_update(x, i, noise); break;
+      default: prev = third_order_update(x, i); break;
     }
     if (lower_order_nums_ < options_.solver_order()) ++lower_order_nums_;
     ++step_index_;
     return {prev.to(model_output.scalar_type()), x0};
   }
 
-  /// Order the update at step index i used / will use (for tests and diagnostics).
+  /// Order the update at step index i used / will use in an uninterrupted trajectory (for tests
+  /// and diagnostics).
   int64_t order_at(int64_t i) const {
-    const int64_t N = static_cast<int64_t>(timesteps_.size());
-    const bool lower_final =
-        i == N - 1 && (options_.euler_at_final() || (options_.lower_order_final() && N < 15) ||
-                       options_.final_sigmas_type() == FinalSigmasType::Zero);
-    if (options_.solver_order() == 1 || i == 0 || lower_final) return 1;
-    return 2;
+    return order_rule(i, static_cast<int64_t>(timesteps_.size()), std::min<int64_t>(i, options_.solver_order()));
   }
 
  private:
+  /// diffusers' choice: first order with no history / at a lower_order_final last step; second
+  /// with one previous output / at a lower_order_second step; else solver_order.
+  int64_t order_rule(int64_t i, int64_t N, int64_t history) const {
+    const bool lower_final =
+        i == N - 1 && (options_.euler_at_final() || (options_.lower_order_final() && N < 15) ||
+                       options_.final_sigmas_type() == FinalSigmasType::Zero);
+    const bool lower_second = i == N - 2 && options_.lower_order_final() && N < 15;
+    if (options_.solver_order() == 1 || history < 1 || lower_final) return 1;
+    if (options_.solver_order() == 2 || history < 2 || lower_second) return 2;
+    return 3;
+  }
+  int64_t order_for(int64_t i, int64_t N) const { return order_rule(i, N, lower_order_nums_); }
+
   struct AlphaSigma {
     torch::Tensor alpha, sigma, lambda;
   };
@@ -352,14 +404,43 @@ class DPMSolverSampler {
     return x0;
   }
 
-  torch::Tensor first_order_update(const torch::Tensor& x0, const torch::Tensor& x, int64_t i) const {
+  torch::Tensor first_order_update(const torch::Tensor& x0, const torch::Tensor& x, int64_t i,
+                                   const torch::Tensor& noise) const {
     const auto t = alpha_sigma(i + 1);
     const auto s = alpha_sigma(i);
     const auto h = t.lambda - s.lambda;
+    if (noise.defined()) {
+      const auto e2 = (-2.0 * h).exp();
+      return (t.sigma / s.sigma * (-h).exp()) * x + (t.alpha * (1 - e2)) * x0 + t.sigma * (1.0 - e2).sqrt() * noise;
+    }
     return (t.sigma / s.sigma) * x - (t.alpha * ((-h).exp() - 1.0)) * x0;
   }
 
-  torch::Tensor second_order_update(const torch::Tensor& x, int64_t i) const {
+  torch::Tensor third_order_update(const torch::Tensor& x, int64_t i) const {
+    const auto t = alpha_sigma(i + 1);
+    const auto s0 = alpha_sigma(i);
+    const auto s1 = alpha_sigma(i - 1);
+    const auto s2 = alpha_sigma(i - 2);
+    const size_t n = model_outputs_.size();
+    const auto& m0 = model_outputs_[n - 1];
+    const auto& m1 = model_outputs_[n - 2];
+    const auto& m2 = model_outputs_[n - 3];
+    const auto h = t.lambda - s0.lambda;
+    const auto h0 = s0.lambda - s1.lambda;
+    const auto h1 = s1.lambda - s2.lambda;
+    const auto r0 = h0 / h;
+    const auto r1 = h1 / h;
+    const auto& D0 = m0;
+    const auto D1_0 = r0.reciprocal() * (m0 - m1);
+    const auto D1_1 = r1.reciprocal() * (m1 - m2);
+    const auto D1 = D1_0 + (r0 / (r0 + r1)) * (D1_0 - D1_1);
+    const auto D2 = (r0 + r1).reciprocal() * (D1_0 - D1_1);
+    const auto em1 = (-h).exp() - 1.0;
+    return (t.sigma / s0.sigma) * x - (t.alpha * em1) * D0 + (t.alpha * (em1 / h + 1.0)) * D1 -
+           (t.alpha * (((-h).exp() - 1.0 + h) / (h * h) - 0.5)) * D2;
+  }
+
+  torch::Tensor second_order_update(const torch::Tensor& x, int64_t i, const torch::Tensor& noise) const {
     const auto t = alpha_sigma(i + 1);
     const auto s0 = alpha_sigma(i);
     const auto s1 = alpha_sigma(i - 1);
@@ -370,6 +451,13 @@ class DPMSolverSampler {
     const auto r0 = h0 / h;
     const auto& D0 = m0;
     const auto D1 = r0.reciprocal() * (m0 - m1);
+    if (noise.defined()) {
+      const auto e2 = (-2.0 * h).exp();
+      const auto base = (t.sigma / s0.sigma * (-h).exp()) * x + (t.alpha * (1 - e2)) * D0;
+      const auto z = t.sigma * (1.0 - e2).sqrt() * noise;
+      if (options_.solver_type() == DPMSolverType::Midpoint) return base + 0.5 * (t.alpha * (1 - e2)) * D1 + z;
+      return base + (t.alpha * ((1.0 - e2) / (-2.0 * h) + 1.0)) * D1 + z;
+    }
     const auto em1 = (-h).exp() - 1.0;
     if (options_.solver_type() == DPMSolverType::Midpoint) {
       return (t.sigma / s0.sigma) * x - (t.alpha * em1) * D0 - 0.5 * (t.alpha * em1) * D1;
