@@ -183,9 +183,10 @@ TEST_CASE("unet: config JSON round trip and rejection of bad configs", "[unet]")
                 {"act_fn", "tanh", "silu"});
   require_error([&] { ddpm::unet_options_from_json(with("time_embedding_type", "fourier"), "cfg"); },
                 {"time_embedding_type", "fourier", "positional"});
-  require_error([&] { ddpm::unet_options_from_json(with("class_embed_type", "timestep"), "cfg"); },
-                {"class_embed_type"});
-  require_error([&] { ddpm::unet_options_from_json(with("num_class_embeds", 10), "cfg"); },
+  // Class conditioning is supported (test_unet_cond.cpp); unknown kinds are not.
+  require_error([&] { ddpm::unet_options_from_json(with("class_embed_type", "projection"), "cfg"); },
+                {"class_embed_type", "projection"});
+  require_error([&] { ddpm::unet_options_from_json(with("num_class_embeds", 0), "cfg"); },
                 {"num_class_embeds"});
   require_error([&] { ddpm::unet_options_from_json(with("norm_num_groups", 3), "cfg"); },
                 {"norm_num_groups 3", "[8, 16, 16]"});

@@ -14,6 +14,7 @@
 #include <torch/nn/functional/activation.h>
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/modules/conv.h>
+#include <torch/nn/modules/embedding.h>
 #include <torch/nn/modules/normalization.h>
 #include <torch/nn/pimpl.h>
 #include <torch/types.h>
@@ -29,8 +30,7 @@ namespace ddpm {
 
 /// Every UNet2DModel config key used by DDPM-style folders (diffusers v0.31 names and defaults;
 /// a key missing from a config.json takes the diffusers default). Unsupported features
-/// (fourier/learned time embeddings, class conditioning, scale_shift, resnet resampling) are
-/// rejected by validate().
+/// (fourier/learned time embeddings, scale_shift, resnet resampling) are rejected by validate().
 struct UNetOptions {
   /// Nominal image size (informative only; 0 = unspecified, written as null).
   TORCH_ARG(int64_t, sample_size) = 0;
@@ -66,8 +66,13 @@ struct UNetOptions {
   TORCH_ARG(std::string, resnet_time_scale_shift) = "default";
   /// Attention in the mid block.
   TORCH_ARG(bool, add_attention) = true;
-  /// Class conditioning is not supported: must stay nullopt.
+  /// Class conditioning, as diffusers: nullopt with num_class_embeds set = a learned
+  /// Embedding(num_class_embeds, time_embed_dim); "timestep" = labels go through the sinusoidal
+  /// projection and their own MLP; "identity" = labels are already [B, time_embed_dim] vectors.
+  /// The class embedding is added to the time embedding.
   TORCH_ARG(c10::optional<std::string>, class_embed_type) = c10::nullopt;
+  /// Embedding rows (class_embed_type nullopt). Classifier-free guidance convention: the null
+  /// (unconditional) class is the last row, num_class_embeds - 1, so K classes need K + 1.
   TORCH_ARG(c10::optional<int64_t>, num_class_embeds) = c10::nullopt;
   /// Only used by "learned" time embeddings in diffusers; kept for round trips.
   TORCH_ARG(c10::optional<int64_t>, num_train_timesteps) = c10::nullopt;
@@ -80,6 +85,19 @@ struct UNetOptions {
   int64_t num_levels() const { return static_cast<int64_t>(block_out_channels_.size()); }
   /// H and W must be multiples of this: 2^(levels - 1).
   int64_t size_multiple() const { return int64_t{1} << (num_levels() - 1); }
+  /// Which class embedding the model has: "none", "embedding" (a learned table of
+  /// num_class_embeds rows), "timestep" or "identity" (diffusers' precedence: class_embed_type
+  /// first, then num_class_embeds).
+  std::string class_conditioning() const {
+    if (class_embed_type_.has_value()) return *class_embed_type_;
+    return num_class_embeds_.has_value() ? "embedding" : "none";
+  }
+  /// The classifier-free-guidance null label, num_class_embeds - 1 (only for "embedding").
+  int64_t null_class_label() const {
+    TORCH_CHECK(class_conditioning() == "embedding",
+                "UNetOptions: null_class_label() needs num_class_embeds (a class-embedding table)");
+    return *num_class_embeds_ - 1;
+  }
 
   /// google/ddpm-cifar10-32 (its unet/config.json): 35,746,307 parameters.
   static UNetOptions ddpm_cifar10() {
@@ -164,9 +182,11 @@ inline void UNetOptions::validate(const std::string& context) const {
   detail::check_choice(upsample_type_, {"conv"}, "upsample_type", context);
   detail::check_activation(act_fn_, context);
   if (class_embed_type_.has_value()) {
-    fail("class_embed_type \"" + *class_embed_type_ + "\" is not supported (must be null)");
+    detail::check_choice(*class_embed_type_, {"timestep", "identity"}, "class_embed_type", context);
   }
-  if (num_class_embeds_.has_value()) fail("num_class_embeds is not supported (must be null)");
+  if (num_class_embeds_.has_value() && *num_class_embeds_ < 1) {
+    fail("num_class_embeds must be >= 1 (or null), got " + std::to_string(*num_class_embeds_));
+  }
   if (in_channels_ <= 0 || out_channels_ <= 0) {
     fail("in_channels and out_channels must be positive, got " + std::to_string(in_channels_) +
          " and " + std::to_string(out_channels_));
@@ -352,10 +372,16 @@ class UNetImpl : public torch::nn::Cloneable<UNetImpl> {
     const int64_t temb = o.time_embed_dim();
     conv_in = register_module(
         "conv_in", torch::nn::Conv2d(torch::nn::Conv2dOptions(o.in_channels(), ch[0], 3).padding(1)));
-    time_embedding = register_module(
-        "time_embedding", TimeEmbedding(TimeEmbeddingOptions(ch[0], temb)
-                                            .flip_sin_to_cos(o.flip_sin_to_cos())
-                                            .freq_shift(o.freq_shift())));
+    const auto temb_options =
+        TimeEmbeddingOptions(ch[0], temb).flip_sin_to_cos(o.flip_sin_to_cos()).freq_shift(o.freq_shift());
+    time_embedding = register_module("time_embedding", TimeEmbedding(temb_options));
+    const std::string cond = o.class_conditioning();
+    if (cond == "embedding") {
+      class_embedding = register_module(
+          "class_embedding", torch::nn::Embedding(*o.num_class_embeds(), temb));
+    } else if (cond == "timestep") {
+      class_timestep_embedding = register_module("class_embedding", TimeEmbedding(temb_options));
+    }
     down_blocks = register_module("down_blocks", torch::nn::ModuleList());
     int64_t out_ch = ch[0];
     for (int64_t i = 0; i < levels; ++i) {
@@ -413,13 +439,62 @@ class UNetImpl : public torch::nn::Cloneable<UNetImpl> {
 
   /// x [B, in_channels, H, W] (H, W multiples of 2^(levels-1)), t [B] / [1] / [] int or float
   /// -> predicted noise (or whatever the model was trained on) [B, out_channels, H, W].
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& t) { return run(x, t, nullptr); }
+  /// class_labels (required by a class-conditional model, rejected otherwise):
+  ///   "embedding": integer [B] in [0, num_class_embeds) (null_class_label() for CFG's null class);
+  ///   "timestep": int or float [B], embedded like timesteps; "identity": float [B, time_embed_dim].
+  /// emb = time_embedding(t) + class_embedding(class_labels), as diffusers' UNet2DModel.
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& t,
+                        const torch::Tensor& class_labels = {}) {
+    return run(x, t, class_labels, nullptr);
+  }
 
   /// forward() plus the intermediate activations (see UNetDebugOutput).
-  UNetDebugOutput forward_debug(const torch::Tensor& x, const torch::Tensor& t) {
+  UNetDebugOutput forward_debug(const torch::Tensor& x, const torch::Tensor& t,
+                                const torch::Tensor& class_labels = {}) {
     UNetDebugOutput out;
-    out.output = run(x, t, &out.activations);
+    out.output = run(x, t, class_labels, &out.activations);
     return out;
+  }
+
+  /// The class embedding [B, time_embed_dim] of `class_labels` (see forward()), after checking
+  /// their shape, dtype and range against a batch of `batch` samples.
+  torch::Tensor embed_classes(const torch::Tensor& class_labels, int64_t batch) {
+    const auto& o = options;
+    const std::string cond = o.class_conditioning();
+    TORCH_CHECK(cond != "none" || !class_labels.defined(),
+                "UNet: class_labels were given but the model is not class-conditional "
+                "(num_class_embeds and class_embed_type are null)");
+    TORCH_CHECK(class_labels.defined(), "UNet: this model is class-conditional (",
+                cond == "embedding" ? "num_class_embeds " + std::to_string(*o.num_class_embeds())
+                                    : "class_embed_type \"" + cond + "\"",
+                "): class_labels are required");
+    const torch::Device device = conv_in->weight.device();
+    if (cond == "identity") {
+      TORCH_CHECK(class_labels.dim() == 2 && class_labels.size(0) == batch &&
+                      class_labels.size(1) == o.time_embed_dim() && class_labels.is_floating_point(),
+                  "UNet: class_embed_type \"identity\" needs float class_labels [", batch, ", ",
+                  o.time_embed_dim(), "], got ", class_labels.scalar_type(), " ", class_labels.sizes());
+      return class_labels.to(device, conv_in->weight.scalar_type());
+    }
+    TORCH_CHECK(class_labels.dim() == 1 && class_labels.size(0) == batch, "UNet: class_labels must have shape [",
+                batch, "] (one label per sample), got ", class_labels.sizes());
+    if (cond == "timestep") {
+      TORCH_CHECK(!class_labels.is_complex() && class_labels.scalar_type() != torch::kBool,
+                  "UNet: class_labels must be an integer or floating tensor, got ", class_labels.scalar_type());
+      return class_timestep_embedding(class_labels.to(device));
+    }
+    TORCH_CHECK(!class_labels.is_floating_point() && !class_labels.is_complex() &&
+                    class_labels.scalar_type() != torch::kBool,
+                "UNet: class_labels must be an integer tensor (int64 class indices), got ",
+                class_labels.scalar_type());
+    const int64_t n = *o.num_class_embeds();
+    if (class_labels.numel() > 0) {
+      const int64_t lo = class_labels.min().item<int64_t>();
+      const int64_t hi = class_labels.max().item<int64_t>();
+      TORCH_CHECK(lo >= 0 && hi < n, "UNet: class label ", lo < 0 ? lo : hi, " is out of range [0, ", n,
+                  ") (num_class_embeds ", n, "; the null class for guidance is ", n - 1, ")");
+    }
+    return class_embedding(class_labels.to(device, torch::kLong));
   }
 
   /// Total number of parameter elements.
@@ -432,6 +507,11 @@ class UNetImpl : public torch::nn::Cloneable<UNetImpl> {
   UNetOptions options;
   torch::nn::Conv2d conv_in{nullptr};
   TimeEmbedding time_embedding{nullptr};
+  /// "class_embedding" (diffusers' name) when class_conditioning() == "embedding": weight
+  /// [num_class_embeds, time_embed_dim].
+  torch::nn::Embedding class_embedding{nullptr};
+  /// "class_embedding" when class_conditioning() == "timestep": linear_{1,2} like time_embedding.
+  TimeEmbedding class_timestep_embedding{nullptr};
   /// DownBlock modules (access with down_blocks->at<DownBlockImpl>(i)).
   torch::nn::ModuleList down_blocks{nullptr};
   /// UpBlock modules, deepest first (access with up_blocks->at<UpBlockImpl>(i)).
@@ -441,7 +521,7 @@ class UNetImpl : public torch::nn::Cloneable<UNetImpl> {
   torch::nn::Conv2d conv_out{nullptr};
 
  private:
-  torch::Tensor run(const torch::Tensor& x_in, const torch::Tensor& t,
+  torch::Tensor run(const torch::Tensor& x_in, const torch::Tensor& t, const torch::Tensor& class_labels,
                     std::map<std::string, torch::Tensor>* acts) {
     const auto& o = options;
     TORCH_CHECK(x_in.defined() && x_in.dim() == 4, "UNet: expected input [B, ", o.in_channels(),
@@ -464,8 +544,13 @@ class UNetImpl : public torch::nn::Cloneable<UNetImpl> {
 
     const torch::Tensor proj = time_embedding->time_proj(t.to(x.device()), batch);
     record("time_proj", proj);
-    const torch::Tensor emb = time_embedding->mlp(proj.to(x.scalar_type()));
+    torch::Tensor emb = time_embedding->mlp(proj.to(x.scalar_type()));
     record("time_embedding", emb);
+    if (o.class_conditioning() != "none" || class_labels.defined()) {
+      const torch::Tensor class_emb = embed_classes(class_labels, batch).to(emb.scalar_type());
+      record("class_embedding", class_emb);
+      emb = emb + class_emb;
+    }
 
     torch::Tensor h = conv_in(x);
     record("conv_in", h);
