@@ -1,6 +1,7 @@
 // Class-conditional UNet (diffusers UNet2DModel's num_class_embeds / class_embed_type):
 // outputs against diffusers fixtures (tools/fixtures/unet_cond.py), diffusers folder round
 // trips, config validation and class-label errors.
+#include <ddpm/detail/flops.hpp>
 #include <ddpm/io/diffusers.hpp>
 #include <ddpm/io/safetensors.hpp>
 #include <ddpm/nn/unet.hpp>
@@ -203,4 +204,20 @@ TEST_CASE("unet cond: export diffusers folders for tools/check_diffusers_load.py
                           {"fresh_labels", y},
                           {"fresh_embedding", fresh->forward(x, t, y)},
                           {"fresh_timestep", ts->forward(x, t, y)}});
+}
+
+TEST_CASE("unet cond: FLOP count includes the timestep class MLP", "[unet_cond][flops]") {
+  // The class MLP is linear_1 [32, 8] and linear_2 [32, 32]: 2 * (32*8 + 32*32) = 2560 FLOPs on
+  // top of the same model without class conditioning; a table lookup adds none.
+  auto ts_options = ddpm::load_unet_config(fixture("unet_tiny_cond_timestep/config.json"));
+  auto plain_options = ts_options;
+  plain_options.class_embed_type(c10::nullopt);
+  auto table_options = plain_options;
+  table_options.num_class_embeds(5);
+  const ddpm::UNet ts(ts_options), plain(plain_options), table(table_options);
+  const auto f_ts = ddpm::unet_forward_flops(*ts, 8, 8);
+  const auto f_plain = ddpm::unet_forward_flops(*plain, 8, 8);
+  CHECK(f_ts.linear - f_plain.linear == 2560.0);
+  CHECK(f_ts.conv == f_plain.conv);
+  CHECK(ddpm::unet_forward_flops(*table, 8, 8).matmul() == f_plain.matmul());
 }

@@ -97,6 +97,10 @@ inline UNetFlops unet_forward_flops(const UNetImpl& unet, int64_t height, int64_
   int64_t h = height, w = width;
   detail::count_linear(*unet.time_embedding->linear_1, 1, f);
   detail::count_linear(*unet.time_embedding->linear_2, 1, f);
+  if (unet.class_timestep_embedding) {  // class_embed_type "timestep": a second time MLP
+    detail::count_linear(*unet.class_timestep_embedding->linear_1, 1, f);
+    detail::count_linear(*unet.class_timestep_embedding->linear_2, 1, f);
+  }
   detail::count_conv(*unet.conv_in, h, w, f);
   // Spatial size of every skip, to size the up path exactly like the forward pass does.
   for (size_t i = 0; i < unet.down_blocks->size(); ++i) {
