@@ -16,7 +16,7 @@
 #include <ddpm/sample.hpp>
 #include <ddpm/sampler.hpp>
 #include <ddpm/train/progress.hpp>
-#include <ddpm/train/trainer.hpp>
+#include <ddpm/train/checkpoint.hpp>
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>

@@ -84,7 +84,7 @@ TEST_CASE("Training steps on tiny data lower the loss on a fixed evaluation batc
   cfg.steps = 30;
   cfg.lr = 3e-3;
   QuietTrainer trainer(cfg, tiny_data(), {}, quiet());
-  const auto x0 = trainer.loader().batch(0);
+  const auto x0 = trainer.loader().batch(0).images;
   const double before = trainer.evaluate_loss(x0, 99);
   // Independent check of the evaluation: the untrained model's eps-prediction MSE is of order 1.
   CHECK(before > 0.3);
@@ -161,7 +161,7 @@ TEST_CASE("A non-finite loss stops training and leaves the last good checkpoint"
   QuietTrainer t(cfg, tiny_data(), {}, quiet());
   const auto w_before = t.model()->named_parameters()["conv_in.weight"].clone();
   auto bad = t.loader().batch(0);
-  bad[0][0][0][0] = std::numeric_limits<float>::quiet_NaN();
+  bad.images[0][0][0][0] = std::numeric_limits<float>::quiet_NaN();
   const auto so = t.train_step(bad);
   CHECK(!so.finite);
   CHECK(t.step() == 0);
