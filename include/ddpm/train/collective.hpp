@@ -75,4 +75,20 @@ inline void check_ranks_agree_on_step(const TrainerHooks& h, int64_t step, const
   }
 }
 
+/// Why training stops at `step` with a non-finite `loss` (the mean over ranks; this
+/// rank's own is `rank_loss`): which rank, the lr, and the last good checkpoint.
+inline std::string non_finite_loss_message(const TrainerHooks& h, int64_t step, double loss, double rank_loss,
+                                           double lr, const std::string& last_checkpoint) {
+  const double bad = std::isfinite(rank_loss) ? loss : rank_loss;
+  std::string where;
+  if (h.world_size > 1) {
+    where = std::string(std::isfinite(rank_loss) ? " on another rank" : " on this rank") + " (rank " +
+            std::to_string(h.rank) + "/" + std::to_string(h.world_size) + ")";
+  }
+  return "loss is " + std::string(std::isnan(bad) ? "NaN" : "infinite") + " at step " + std::to_string(step) + where +
+         " (lr " + std::to_string(lr) + "); stopping without saving. The last good checkpoint is " +
+         (last_checkpoint.empty() ? std::string("(none)") : last_checkpoint) +
+         ". Try a lower --lr, more warmup_steps or grad_clip.";
+}
+
 }  // namespace ddpm

@@ -35,7 +35,8 @@ inline const EnumNames<LrSchedule>& lr_schedule_names() {
   static const EnumNames<LrSchedule> n = {{LrSchedule::Constant, "constant"}, {LrSchedule::Cosine, "cosine"}};
   return n;
 }
-/// The samplers the trainer's sample grids can use.
+/// The samplers the trainer's sample grids can use (sampler_kind_from_string's names; to come
+/// from the sampler registry once there is one).
 inline std::vector<std::string> grid_sampler_choices() { return {"ddpm", "ddim", "dpm++"}; }
 }  // namespace detail
 
@@ -155,6 +156,15 @@ inline void from_json(const nlohmann::json& j, TrainConfig& c) {
   const std::string ctx = "training config";
   detail::fields_from_json(j, c, ctx);
   validate(c, ctx);
+}
+
+/// The diffusers-style scheduler config of a run: the schedule plus the prediction type
+/// (what sampling from its checkpoints needs).
+inline nlohmann::json scheduler_config_of(const TrainConfig& c) {
+  nlohmann::json j = c.schedule;
+  j.erase("dtype");
+  j["prediction_type"] = c.objective.prediction_type();
+  return j;
 }
 
 /// Resolves TrainConfig::model to UNetOptions (before in/out channels are set from the data).

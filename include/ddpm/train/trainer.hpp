@@ -246,19 +246,9 @@ class Trainer {
     return sample_from(m, sampler, x_T.to(device_), gen, on_step).to(torch::kCPU);
   }
 
-  /// The diffusers-style scheduler config of this run (schedule + prediction type).
-  nlohmann::json scheduler_config() const {
-    nlohmann::json j = cfg_.schedule;
-    j.erase("dtype");
-    j["prediction_type"] = cfg_.objective.prediction_type();
-    return j;
-  }
-
-  SamplerKind sampler_kind() const {
-    if (cfg_.sampler == "ddpm") return SamplerKind::DDPM;
-    if (cfg_.sampler == "dpm++") return SamplerKind::DPMSolver;
-    return SamplerKind::DDIM;
-  }
+  /// The diffusers-style scheduler config of this run (see scheduler_config_of).
+  nlohmann::json scheduler_config() const { return scheduler_config_of(cfg_); }
+  SamplerKind sampler_kind() const { return sampler_kind_from_string(cfg_.sampler); }
 
   /// Writes a checkpoint of the current state (rank 0 only) and returns its path.
   std::string save_checkpoint() {
@@ -352,17 +342,7 @@ class Trainer {
       const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       if (!so.finite) {
         res.status = RunStatus::NonFiniteLoss;
-        const double bad = std::isfinite(so.rank_loss) ? so.loss : so.rank_loss;
-        res.message = "loss is " + std::string(std::isnan(bad) ? "NaN" : "infinite") + " at step " +
-                      std::to_string(step_ + 1) +
-                      (hooks_.world_size > 1
-                           ? std::string(std::isfinite(so.rank_loss) ? " on another rank" : " on this rank") +
-                                 " (rank " + std::to_string(hooks_.rank) + "/" + std::to_string(hooks_.world_size) + ")"
-                           : std::string()) +
-                      " (lr " + std::to_string(so.lr) +
-                      "); stopping without saving. The last good checkpoint is " +
-                      (last_checkpoint_.empty() ? std::string("(none)") : last_checkpoint_) +
-                      ". Try a lower --lr, more warmup_steps or grad_clip.";
+        res.message = non_finite_loss_message(hooks_, step_ + 1, so.loss, so.rank_loss, so.lr, last_checkpoint_);
         log("error: " + res.message);
         res.step = step_;
         res.checkpoint = last_checkpoint_;
