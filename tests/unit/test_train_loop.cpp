@@ -240,3 +240,22 @@ TEST_CASE("TrainConfig JSON round trip and rejection of unknown keys and names",
   CHECK(t.lr_at(50) == Approx(cc.lr * 0.5));
   CHECK(t.lr_at(0) == Approx(cc.lr));
 }
+
+TEST_CASE("run() calls periodic callbacks at their steps; the loader's batches carry the labels",
+          "[train][trainer]") {
+  auto cfg = tiny_config(temp_dir());
+  cfg.steps = 6;
+  QuietTrainer t(cfg, tiny_data(), {}, quiet());
+  // tiny_data: label i % 4; each batch's labels are those of its images' indices.
+  const auto b = t.loader().batch(3);
+  REQUIRE(b.labels.has_value());
+  CHECK(torch::equal(*b.labels, t.loader().indices(3).remainder(4)));
+  std::vector<int64_t> every2, every4;
+  t.add_periodic_callback(2, [&](ddpm::Trainer& tr) { every2.push_back(tr.step()); });
+  t.add_periodic_callback(4, [&](ddpm::Trainer& tr) { every4.push_back(tr.step()); });
+  CHECK_THROWS_WITH(t.add_periodic_callback(0, [](ddpm::Trainer&) {}), Catch::Contains("every must be >= 1"));
+  const auto res = t.run();
+  CHECK(res.status == ddpm::RunStatus::Completed);
+  CHECK(every2 == std::vector<int64_t>{2, 4, 6});
+  CHECK(every4 == std::vector<int64_t>{4});
+}
