@@ -14,7 +14,7 @@
 #include <ddpm/io/safetensors.hpp>
 #include <ddpm/pipeline.hpp>
 #include <ddpm/train/progress.hpp>
-#include <ddpm/train/trainer.hpp>
+#include <ddpm/train/checkpoint.hpp>
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>

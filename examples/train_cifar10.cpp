@@ -22,6 +22,7 @@
 #include <CLI/CLI.hpp>
 
 #include "cli_checks.hpp"
+#include "config_flags.hpp"
 
 #include <chrono>
 #include <cstdio>
@@ -54,57 +55,17 @@ int main(int argc, char** argv) {
       "rerunning with the same --out resumes. Without --data, Debian's Fashion-MNIST\n"
       "(/usr/share/datasets/fashion-mnist) is used. Config keys: docs/training.md.",
       "train_cifar10"};
-  std::string config_path, data, dataset, out, model, device, sampler, optimizer, lr_schedule, prediction,
-      mixed_precision;
-  int64_t steps = 0, batch_size = 0, seed = 0, sample_every = 0, checkpoint_every = 0, warmup = 0, sample_steps = 0,
-          sample_count = 0, log_every = 0;
-  int threads = 0, keep = 0;
-  double lr = 0, time_limit = 0, grad_clip = 0, ema_decay = 0, weight_decay = 0;
+  std::string config_path, prediction;
   double dist_timeout = 60;
   std::string dist_backend = "auto";
 
   app.add_option("--config", config_path, "JSON training config (every key: docs/training.md); flags override it")
       ->check(CLI::ExistingFile);
-  app.add_option("--data", data,
-                 "dataset folder (CIFAR-10 .bin files / cifar-10-batches-bin, a cifar-10-binary.tar.gz, or "
-                 "MNIST-style *-ubyte[.gz]); default /usr/share/datasets/fashion-mnist");
-  app.add_option("--dataset", dataset, "dataset format; detected from the files when omitted")
-      ->check(CLI::IsMember({"cifar10", "fashion-mnist", "mnist"}));
-  app.add_option("--out", out, "output folder (default runs/default); rerun with the same folder to resume");
-  app.add_option("--model", model,
-                 "UNet: 'seed' (6.9M params), 'ddpm-cifar10' (35.7M, Ho et al.) or a UNet config .json "
-                 "(diffusers config.json format); channels follow the data");
-  app.add_option("--steps", steps, "total training steps")->check(ddpm_examples::non_negative);
-  app.add_option("--time-limit", time_limit,
-                 "stop after this many minutes (checkpoint + final sample grid); 0 = no limit")
-      ->check(ddpm_examples::non_negative);
-  app.add_option("--batch-size", batch_size, "images per step (per process)")->check(ddpm_examples::positive);
-  app.add_option("--lr", lr, "peak learning rate")->check(ddpm_examples::positive);
-  app.add_option("--warmup-steps", warmup, "linear LR warmup steps")->check(ddpm_examples::non_negative);
-  app.add_option("--lr-schedule", lr_schedule, "LR after warmup: constant or cosine (to 0 at --steps)")
-      ->check(CLI::IsMember({"constant", "cosine"}));
-  app.add_option("--optimizer", optimizer, "adamw or adam")->check(CLI::IsMember({"adamw", "adam"}));
-  app.add_option("--weight-decay", weight_decay, "weight decay")->check(ddpm_examples::non_negative);
-  app.add_option("--grad-clip", grad_clip, "clip the gradient norm to this (0 = off)")->check(ddpm_examples::non_negative);
-  app.add_option("--ema-decay", ema_decay, "EMA decay of the sampling weights")->check(CLI::Range(0.0, 1.0));
-  app.add_option("--prediction-type", prediction, "what the model predicts: epsilon, sample or v_prediction")
+  // One flag per TrainConfig key (train/config.hpp lists them), e.g. --data, --steps, --lr.
+  ddpm_examples::ConfigFlags<ddpm::TrainConfig> flags;
+  flags.add_to(app);
+  app.add_option("--prediction-type", prediction, "what the model predicts (objective.prediction_type)")
       ->check(CLI::IsMember({"epsilon", "sample", "v_prediction"}));
-  app.add_option("--seed", seed, "random seed (init, data order, noise)")->check(ddpm_examples::non_negative);
-  app.add_option("--device", device, "auto (CUDA when available), cpu or cuda")
-      ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
-  app.add_option("--mixed-precision", mixed_precision, "CUDA autocast: auto, none, bf16 or fp16")
-      ->check(CLI::IsMember({"auto", "none", "bf16", "fp16"}));
-  app.add_option("--threads", threads, "CPU threads (0 = all cores)")->check(ddpm_examples::non_negative);
-  app.add_option("--sample-every", sample_every, "write a sample grid every N steps (0 = only at the end)")
-      ->check(ddpm_examples::non_negative);
-  app.add_option("--sample-count", sample_count, "images per sample grid")->check(ddpm_examples::positive);
-  app.add_option("--sampler", sampler, "sampler for the grids: ddpm, ddim or dpm++")
-      ->check(CLI::IsMember({"ddpm", "ddim", "dpm++"}));
-  app.add_option("--sample-steps", sample_steps, "denoising steps for the grids")->check(ddpm_examples::positive);
-  app.add_option("--checkpoint-every", checkpoint_every, "write a checkpoint every N steps (0 = only at the end)")
-      ->check(ddpm_examples::non_negative);
-  app.add_option("--keep-checkpoints", keep, "how many checkpoints to keep")->check(ddpm_examples::positive);
-  app.add_option("--log-every", log_every, "metrics.jsonl line every N steps")->check(ddpm_examples::positive);
   app.add_option("--dist-timeout", dist_timeout,
                  "multi-process runs: seconds to wait for the store, the other ranks and each collective "
                  "before failing (default 60)")
@@ -130,7 +91,8 @@ int main(int argc, char** argv) {
   ddpm::TrainConfig cfg;
   try {
     nlohmann::json base = nlohmann::json::object();
-    const std::string out_flag = app.count("--out") ? out : "";
+    const nlohmann::json overrides = flags.overrides();
+    const std::string out_flag = overrides.value("out_dir", std::string());
     if (!config_path.empty()) {
       base = ddpm::detail::read_json_file(config_path);
     } else if (!out_flag.empty() && std::filesystem::exists(out_flag + "/config.json")) {
@@ -139,43 +101,16 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "train_cifar10: using the saved config %s/config.json (resuming)\n", out_flag.c_str());
       }
     }
-    // Flags override the file.
-    auto set = [&](const char* flag, const char* key, const nlohmann::json& value) {
-      if (app.count(flag)) base[key] = value;
-    };
-    set("--data", "data_dir", data);
-    set("--dataset", "dataset", dataset);
-    set("--out", "out_dir", out);
-    set("--steps", "steps", steps);
-    set("--time-limit", "time_limit_minutes", time_limit);
-    set("--batch-size", "batch_size", batch_size);
-    set("--lr", "lr", lr);
-    set("--warmup-steps", "warmup_steps", warmup);
-    set("--lr-schedule", "lr_schedule", lr_schedule);
-    set("--optimizer", "optimizer", optimizer);
-    set("--weight-decay", "weight_decay", weight_decay);
-    set("--grad-clip", "grad_clip", grad_clip);
-    set("--ema-decay", "ema_decay", ema_decay);
-    set("--seed", "seed", seed);
-    set("--device", "device", device);
-    set("--mixed-precision", "mixed_precision", mixed_precision);
-    set("--threads", "num_threads", threads);
-    set("--sample-every", "sample_every", sample_every);
-    set("--sample-count", "sample_count", sample_count);
-    set("--sampler", "sampler", sampler);
-    set("--sample-steps", "sample_steps", sample_steps);
-    set("--checkpoint-every", "checkpoint_every", checkpoint_every);
-    set("--keep-checkpoints", "keep_checkpoints", keep);
-    set("--log-every", "log_every", log_every);
+    if (!base.is_object()) return fail("config '" + config_path + "' must be a JSON object");
+    base.update(overrides);  // flags override the file
     if (app.count("--prediction-type")) {
       if (!base.contains("objective") || !base["objective"].is_object()) base["objective"] = nlohmann::json::object();
       base["objective"]["prediction_type"] = prediction;
     }
-    if (app.count("--model")) {
-      if (ends_with(model, ".json") && !std::filesystem::exists(model)) {
-        return fail("--model: UNet config file '" + model + "' does not exist");
+    if (const std::string* model = flags.given("model")) {
+      if (ends_with(*model, ".json") && !std::filesystem::exists(*model)) {
+        return fail("--model: UNet config file '" + *model + "' does not exist");
       }
-      base["model"] = model;
     }
     cfg = base.get<ddpm::TrainConfig>();
   } catch (const ddpm::Error& e) {
@@ -186,8 +121,11 @@ int main(int argc, char** argv) {
 
   if (!std::filesystem::exists(cfg.data_dir)) {
     std::string msg = "data path '" + cfg.data_dir + "' does not exist.";
-    if (cfg.dataset == ddpm::DatasetKind::Cifar10 || cfg.dataset == ddpm::DatasetKind::Auto) {
-      msg += " " + ddpm::cifar10_download_hint() + ".";
+    for (const auto& name : ddpm::dataset_registry().names()) {
+      const auto& d = ddpm::dataset_registry().get(name);
+      if ((cfg.dataset == "auto" || ddpm::dataset_registry().find(cfg.dataset) == &d) && !d.hint.empty()) {
+        msg += " " + d.name + ": " + d.hint + ".";
+      }
     }
     if (cfg.data_dir == ddpm::kDefaultDataDir) {
       msg += " The default data is Fashion-MNIST from Debian: apt install dataset-fashion-mnist.";

@@ -27,6 +27,7 @@
 #include <ddpm/nn/resample.hpp>
 #include <ddpm/nn/blocks.hpp>
 #include <ddpm/nn/unet.hpp>
+#include <ddpm/nn/flops.hpp>
 
 // Files: safetensors, diffusers folders, PNG images.
 #include <ddpm/io/safetensors.hpp>
@@ -39,7 +40,14 @@
 #include <ddpm/data/cifar10.hpp>
 #include <ddpm/data/transforms.hpp>
 #include <ddpm/data/loader.hpp>
+#include <ddpm/data/registry.hpp>
 #include <ddpm/train/ema.hpp>
+#include <ddpm/train/config.hpp>
+#include <ddpm/train/device.hpp>
+#include <ddpm/train/optim.hpp>
+#include <ddpm/train/metrics.hpp>
+#include <ddpm/train/collective.hpp>
+#include <ddpm/train/signals.hpp>
 #include <ddpm/train/checkpoint.hpp>
 #include <ddpm/train/progress.hpp>
 #include <ddpm/train/trainer.hpp>

@@ -6,7 +6,7 @@
 //              [--device cpu|cuda] [--autocast-bf16] [--grad-mode inference|no-grad]
 //
 // Prints ONE JSON object (see usage()). CLI errors exit 2.
-#include <ddpm/detail/flops.hpp>
+#include <ddpm/nn/flops.hpp>
 #include <ddpm/forward_diffuser.hpp>
 #include <ddpm/nn/unet.hpp>
 #include <ddpm/runtime.hpp>

@@ -3,12 +3,15 @@
 #include <ddpm/data/cifar10.hpp>
 #include <ddpm/data/idx.hpp>
 #include <ddpm/data/loader.hpp>
+#include <ddpm/data/registry.hpp>
 #include <ddpm/data/transforms.hpp>
 
 #include <zlib.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
+#include <functional>
 #include <set>
 #include <string>
 #include <unistd.h>
@@ -258,7 +261,7 @@ TEST_CASE("BatchLoader: deterministic, disjoint shards per rank, prefetch equals
       const auto idx = l->indices(step);
       for (int64_t i = 0; i < 4; ++i) seen.insert(idx[i].item<int64_t>());
       // Batch values decode back to the indices.
-      const auto b = l->batch(step);
+      const auto b = l->batch(step).images;
       CHECK(torch::allclose(b.select(1, 0).select(1, 0).select(1, 0),
                             idx.to(torch::kFloat32).div(127.5).sub(1.0)));
     }
@@ -274,7 +277,76 @@ TEST_CASE("BatchLoader: deterministic, disjoint shards per rank, prefetch equals
   o.prefetch = 3;
   ddpm::BatchLoader loader(images, o);
   loader.start(5);
-  for (int64_t s = 5; s < 15; ++s) CHECK(torch::equal(loader.next(), loader.batch(s)));
+  for (int64_t s = 5; s < 15; ++s) CHECK(torch::equal(loader.next().images, loader.batch(s).images));
   loader.start(2);
-  CHECK(torch::equal(loader.next(), loader.batch(2)));
+  CHECK(torch::equal(loader.next().images, loader.batch(2).images));
+}
+
+TEST_CASE("Dataset registry: names, detection, labels and class names, errors listing the names", "[data][registry]") {
+  const auto& reg = ddpm::dataset_registry();
+  CHECK(reg.names() == std::vector<std::string>{"cifar10", "fashion-mnist", "mnist"});
+  CHECK(&reg.get("cifar-10") == &reg.get("cifar10"));  // alias
+  CHECK(ddpm::dataset_choices().front() == "auto");
+  CHECK_THROWS_WITH(reg.get("imagenet"),
+                    Catch::Contains("unknown dataset \"imagenet\"") && Catch::Contains("\"cifar10\", \"fashion-mnist\", \"mnist\""));
+
+  // The same IDX files are Fashion-MNIST in a folder whose path says so, MNIST elsewhere.
+  const ddpm_test::TempDir root("registry");
+  for (const std::string sub : {"my-Fashion-data", "digits"}) {
+    std::filesystem::create_directories(root.file(sub));
+    write_bytes(root.file(sub) + "/train-images-idx3-ubyte", idx_images(6, 4, 4));
+    write_bytes(root.file(sub) + "/train-labels-idx1-ubyte", idx_labels(6));
+  }
+  CHECK(reg.detect(root.file("my-Fashion-data")).name == "fashion-mnist");
+  CHECK(reg.detect(root.file("digits")).name == "mnist");
+  const auto fashion = reg.load("auto", root.file("my-Fashion-data"));
+  CHECK(fashion.name == "fashion-mnist");
+  REQUIRE(fashion.num_classes() == 10);
+  CHECK(fashion.class_names[9] == "Ankle boot");
+  REQUIRE(fashion.labels.sizes() == torch::IntArrayRef({6}));
+  for (int i = 0; i < 6; ++i) CHECK(fashion.labels[i].item<int64_t>() == (i * 3) % 10);
+  const auto digits = reg.load("mnist", root.file("digits"));
+  CHECK(digits.class_names[3] == "3");
+  CHECK(ddpm::cifar10_class_names()[0] == "airplane");
+  CHECK(ddpm::cifar10_class_names().size() == 10);
+
+  // Nothing there: the error names the folder and every registered dataset.
+  std::filesystem::create_directories(root.file("empty"));
+  CHECK_THROWS_WITH(reg.detect(root.file("empty")),
+                    Catch::Contains("empty") && Catch::Contains("\"mnist\"") && Catch::Contains("cifar-10-binary.tar.gz"));
+
+  // A user dataset is one add() call; names and aliases must be new.
+  ddpm::DatasetRegistry mine = ddpm::builtin_datasets();
+  mine.add({"toy", {"toys"}, [](const std::string& p) { return p == "TOY"; },
+            [](const std::string&, bool) {
+              ddpm::ImageData d;
+              d.images = torch::zeros({2, 1, 4, 4}, torch::kUInt8);
+              d.labels = torch::tensor({0, 1}, torch::kInt64);
+              d.class_names = {"a", "b"};
+              return d;
+            },
+            ""});
+  CHECK(mine.load("auto", "TOY").name == "toy");
+  CHECK(mine.load("toys", "x").class_names == std::vector<std::string>{"a", "b"});
+  CHECK_THROWS_WITH(mine.add({"mnist", {}, {}, {}, ""}), Catch::Contains("\"mnist\" is already registered"));
+}
+
+TEST_CASE("BatchLoader carries the labels of the batch's images", "[data][loader]") {
+  const int64_t n = 24;
+  auto images = torch::zeros({n, 1, 2, 2}, torch::kUInt8);
+  auto labels = torch::arange(n, torch::kInt64).mul(7).remainder(10);
+  ddpm::BatchLoaderOptions o;
+  o.batch_size = 5;
+  o.seed = 11;
+  o.prefetch = 2;
+  ddpm::BatchLoader loader(images, o, labels);
+  loader.start(0);
+  for (int64_t s = 0; s < 7; ++s) {  // crosses the epoch boundary (4 batches per epoch)
+    const auto b = loader.next();
+    REQUIRE(b.labels.has_value());
+    CHECK(torch::equal(*b.labels, loader.indices(s).mul(7).remainder(10)));
+  }
+  ddpm::BatchLoader unlabelled(images, o);
+  CHECK_FALSE(unlabelled.batch(0).labels.has_value());
+  CHECK_THROWS_WITH(ddpm::BatchLoader(images, o, torch::zeros({3}, torch::kInt64)), Catch::Contains("labels"));
 }

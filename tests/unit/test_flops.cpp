@@ -1,4 +1,4 @@
-#include <ddpm/detail/flops.hpp>
+#include <ddpm/nn/flops.hpp>
 
 #include <catch2/catch.hpp>
 #include <torch/torch.h>

@@ -84,7 +84,7 @@ TEST_CASE("Training steps on tiny data lower the loss on a fixed evaluation batc
   cfg.steps = 30;
   cfg.lr = 3e-3;
   QuietTrainer trainer(cfg, tiny_data(), {}, quiet());
-  const auto x0 = trainer.loader().batch(0);
+  const auto x0 = trainer.loader().batch(0).images;
   const double before = trainer.evaluate_loss(x0, 99);
   // Independent check of the evaluation: the untrained model's eps-prediction MSE is of order 1.
   CHECK(before > 0.3);
@@ -161,7 +161,7 @@ TEST_CASE("A non-finite loss stops training and leaves the last good checkpoint"
   QuietTrainer t(cfg, tiny_data(), {}, quiet());
   const auto w_before = t.model()->named_parameters()["conv_in.weight"].clone();
   auto bad = t.loader().batch(0);
-  bad[0][0][0][0] = std::numeric_limits<float>::quiet_NaN();
+  bad.images[0][0][0][0] = std::numeric_limits<float>::quiet_NaN();
   const auto so = t.train_step(bad);
   CHECK(!so.finite);
   CHECK(t.step() == 0);
@@ -239,4 +239,23 @@ TEST_CASE("TrainConfig JSON round trip and rejection of unknown keys and names",
   QuietTrainer t(cc, tiny_data(), {}, quiet());
   CHECK(t.lr_at(50) == Approx(cc.lr * 0.5));
   CHECK(t.lr_at(0) == Approx(cc.lr));
+}
+
+TEST_CASE("run() calls periodic callbacks at their steps; the loader's batches carry the labels",
+          "[train][trainer]") {
+  auto cfg = tiny_config(temp_dir());
+  cfg.steps = 6;
+  QuietTrainer t(cfg, tiny_data(), {}, quiet());
+  // tiny_data: label i % 4; each batch's labels are those of its images' indices.
+  const auto b = t.loader().batch(3);
+  REQUIRE(b.labels.has_value());
+  CHECK(torch::equal(*b.labels, t.loader().indices(3).remainder(4)));
+  std::vector<int64_t> every2, every4;
+  t.add_periodic_callback(2, [&](ddpm::Trainer& tr) { every2.push_back(tr.step()); });
+  t.add_periodic_callback(4, [&](ddpm::Trainer& tr) { every4.push_back(tr.step()); });
+  CHECK_THROWS_WITH(t.add_periodic_callback(0, [](ddpm::Trainer&) {}), Catch::Contains("every must be >= 1"));
+  const auto res = t.run();
+  CHECK(res.status == ddpm::RunStatus::Completed);
+  CHECK(every2 == std::vector<int64_t>{2, 4, 6});
+  CHECK(every4 == std::vector<int64_t>{4});
 }

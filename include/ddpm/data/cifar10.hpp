@@ -8,7 +8,6 @@
 /// 32x32 image in row-major order. The reader accepts the extracted folder
 /// (`cifar-10-batches-bin/` or the folder above it) or the `.tar.gz` itself.
 #include <ddpm/data/dataset.hpp>
-#include <ddpm/data/idx.hpp>
 #include <ddpm/error.hpp>
 
 #include <torch/types.h>
@@ -130,6 +129,11 @@ inline ImageData concat_image_data(std::vector<ImageData> parts, const std::stri
 
 }  // namespace detail
 
+/// CIFAR-10's class names, by label (batches.meta.txt).
+inline std::vector<std::string> cifar10_class_names() {
+  return {"airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"};
+}
+
 /// Where CIFAR-10's batch files are, given a user path: the folder itself, its
 /// `cifar-10-batches-bin/` subfolder, or a `.tar.gz` / `.tgz` / `.tar` archive
 /// (returned as is). Empty string when nothing CIFAR-10-like is there.
@@ -181,7 +185,9 @@ inline ImageData load_cifar10(const std::string& path, bool train = true) {
       parts.push_back(parse_cifar10(tar.data() + found->offset, found->size, where + ":" + found->name));
     }
   }
-  return detail::concat_image_data(std::move(parts), "cifar10");
+  ImageData out = detail::concat_image_data(std::move(parts), "cifar10");
+  out.class_names = cifar10_class_names();
+  return out;
 }
 
 }  // namespace ddpm

@@ -11,6 +11,7 @@
 #include <zlib.h>
 
 #include <cstdint>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -20,13 +21,16 @@ namespace ddpm {
 struct ImageData {
   /// uint8 [N, C, H, W], pixel values 0..255.
   torch::Tensor images;
-  /// int64 [N], class labels.
+  /// int64 [N], class labels in [0, class_names.size()) (undefined for unlabelled data).
   torch::Tensor labels;
   /// "cifar10", "fashion-mnist", "mnist" or a user-given name.
   std::string name;
+  /// Name of each class, indexed by label (empty when unknown).
+  std::vector<std::string> class_names;
 
   int64_t size() const { return images.defined() ? images.size(0) : 0; }
   int64_t channels() const { return images.size(1); }
+  int64_t num_classes() const { return static_cast<int64_t>(class_names.size()); }
 };
 
 /// `torch::data` view of an ImageData: example i is (uint8 [C, H, W], int64 label).
@@ -46,6 +50,12 @@ class ImageDataset : public torch::data::datasets::Dataset<ImageDataset> {
 };
 
 namespace detail {
+
+/// True when `path` can be opened for reading.
+inline bool file_exists(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return static_cast<bool>(f);
+}
 
 /// Reads the whole file at `path` into memory. Files starting with the gzip
 /// magic (1f 8b) are decompressed (zlib reads other files unchanged). Throws

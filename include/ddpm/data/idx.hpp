@@ -98,10 +98,6 @@ inline ImageData load_idx_dataset(const std::string& images_path, const std::str
 }
 
 namespace detail {
-inline bool file_exists(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return static_cast<bool>(f);
-}
 /// `dir/base` or `dir/base.gz`, whichever exists; "" when neither.
 inline std::string find_plain_or_gz(const std::string& dir, const std::string& base) {
   const std::string p = dir + "/" + base;
@@ -114,6 +110,16 @@ inline std::string find_plain_or_gz(const std::string& dir, const std::string& b
 /// True when `dir` holds MNIST-layout files (`train-images-idx3-ubyte[.gz]`).
 inline bool has_idx_dataset(const std::string& dir) {
   return !detail::find_plain_or_gz(dir, "train-images-idx3-ubyte").empty();
+}
+
+/// Fashion-MNIST's class names, by label (Xiao et al. 2017).
+inline std::vector<std::string> fashion_mnist_class_names() {
+  return {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"};
+}
+
+/// MNIST's class names: the digits "0" .. "9".
+inline std::vector<std::string> mnist_class_names() {
+  return {"0", "1", "2", "3", "4", "5", "6", "7", "8", "9"};
 }
 
 /// Loads MNIST or Fashion-MNIST (same file names) from `dir`: the training split
@@ -130,7 +136,10 @@ inline ImageData load_mnist_dir(const std::string& dir, bool train = true,
                 "-labels-idx1-ubyte[.gz] (Debian: apt install dataset-fashion-mnist, which puts "
                 "them in /usr/share/datasets/fashion-mnist)");
   }
-  return load_idx_dataset(images, labels, name);
+  ImageData out = load_idx_dataset(images, labels, name);
+  if (name == "fashion-mnist") out.class_names = fashion_mnist_class_names();
+  if (name == "mnist") out.class_names = mnist_class_names();
+  return out;
 }
 
 }  // namespace ddpm

@@ -40,11 +40,23 @@ struct BatchLoaderOptions {
   int prefetch = 2;
 };
 
-/// Produces float32 batches [B, C, H, W] in [-1, 1] from uint8 images [N, C, H, W].
+/// One training batch: the images and, for labelled data, their class labels (what class
+/// conditioning consumes; the unconditional loss ignores them).
+struct Batch {
+  /// float32 [B, C, H, W] in [-1, 1].
+  torch::Tensor images;
+  /// int64 [B] (nullopt for unlabelled data).
+  c10::optional<torch::Tensor> labels;
+};
+
+/// Produces Batches (float32 images [B, C, H, W] in [-1, 1], int64 labels [B]) from uint8
+/// images [N, C, H, W] and optional int64 labels [N].
 class BatchLoader {
  public:
-  /// `images`: uint8 [N, C, H, W], already padded to the training size.
-  BatchLoader(torch::Tensor images, BatchLoaderOptions opts) : images_(std::move(images)), opts_(opts) {
+  /// `images`: uint8 [N, C, H, W], already padded to the training size; `labels`: int64 [N]
+  /// or undefined.
+  BatchLoader(torch::Tensor images, BatchLoaderOptions opts, torch::Tensor labels = {})
+      : images_(std::move(images)), labels_(std::move(labels)), opts_(opts) {
     TORCH_CHECK(images_.dim() == 4 && images_.scalar_type() == torch::kUInt8,
                 "BatchLoader: expected uint8 images [N, C, H, W], got ", images_.sizes(), " ",
                 images_.scalar_type());
@@ -55,6 +67,11 @@ class BatchLoader {
                 images_.size(0), " images cannot fill one global batch of ", opts_.world_size, " x ",
                 opts_.batch_size);
     images_ = images_.contiguous();
+    if (labels_.defined()) {
+      TORCH_CHECK(labels_.dim() == 1 && labels_.size(0) == images_.size(0), "BatchLoader: expected labels [",
+                  images_.size(0), "], got ", labels_.sizes());
+      labels_ = labels_.to(torch::kInt64).contiguous();
+    }
   }
   BatchLoader(const BatchLoader&) = delete;
   BatchLoader& operator=(const BatchLoader&) = delete;
@@ -81,15 +98,19 @@ class BatchLoader {
     return perm.slice(0, start, start + opts_.batch_size);
   }
 
-  /// Batch `step` on this rank: float32 [B, C, H, W] in [-1, 1]. Pure function of step.
-  torch::Tensor batch(int64_t step) {
-    auto x = images_.index_select(0, indices(step));
+  /// Batch `step` on this rank. Pure function of step.
+  Batch batch(int64_t step) {
+    const auto idx = indices(step);
+    auto x = images_.index_select(0, idx);
     if (opts_.random_flip) {
       const uint64_t s = opts_.seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(step) * 1315423911ull +
                          static_cast<uint64_t>(opts_.rank) * 2654435761ull + 1;
       x = random_hflip(x, at::detail::createCPUGenerator(s));
     }
-    return to_model_range(x);
+    Batch b;
+    b.images = to_model_range(x);
+    if (labels_.defined()) b.labels = labels_.index_select(0, idx);
+    return b;
   }
 
   /// Starts (or restarts) sequential loading at `first_step`; next() then returns
@@ -104,7 +125,7 @@ class BatchLoader {
   }
 
   /// The next batch of the sequence begun by start().
-  torch::Tensor next() {
+  Batch next() {
     if (opts_.prefetch <= 0) return batch(next_step_++);
     std::unique_lock<std::mutex> lock(mutex_);
     cv_.wait(lock, [this] { return !queue_.empty() || error_; });
@@ -157,13 +178,14 @@ class BatchLoader {
   }
 
   torch::Tensor images_;
+  torch::Tensor labels_;
   BatchLoaderOptions opts_;
   std::mutex perm_mutex_;
   torch::Tensor perm_;
   int64_t perm_epoch_ = -1;
   std::mutex mutex_;
   std::condition_variable cv_;
-  std::deque<torch::Tensor> queue_;
+  std::deque<Batch> queue_;
   std::thread worker_;
   bool stopping_ = false;
   std::exception_ptr error_;

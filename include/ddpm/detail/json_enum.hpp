@@ -58,14 +58,26 @@ E enum_from_json(const nlohmann::json& j, const EnumNames<E>& names, const char*
   return enum_from_string(j.get<std::string>(), names, what);
 }
 
+/// Every JSON spelling of an enum, in declaration order (for --help and flag checks).
+template <typename E>
+std::vector<std::string> enum_names_of(const EnumNames<E>& names) {
+  std::vector<std::string> out;
+  for (const auto& [value, name] : names) out.emplace_back(name);
+  return out;
+}
+
 }  // namespace ddpm::detail
 
-/// Declares to_json/from_json for enum E in the enclosing namespace using a
-/// function `names_fn()` returning EnumNames<E>, and `what` for messages.
+/// Declares to_json/from_json and json_enum_choices (found by ADL: the valid names) for
+/// enum E in the enclosing namespace using a function `names_fn()` returning
+/// EnumNames<E>, and `what` for messages.
 #define DDPM_JSON_ENUM(E, names_fn, what)                                          \
   inline void to_json(nlohmann::json& j, const E& e) {                             \
     j = ::ddpm::detail::enum_to_string(e, names_fn(), what);                       \
   }                                                                                \
   inline void from_json(const nlohmann::json& j, E& e) {                           \
     e = ::ddpm::detail::enum_from_json(j, names_fn(), what);                       \
+  }                                                                                \
+  inline std::vector<std::string> json_enum_choices(const E&) {                    \
+    return ::ddpm::detail::enum_names_of(names_fn());                              \
   }

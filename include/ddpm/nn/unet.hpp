@@ -1,6 +1,7 @@
 #pragma once
 /// The denoising UNet of Ho et al. 2020, parameter-for-parameter compatible with diffusers'
 /// `UNet2DModel` (v0.31): same module tree, same state_dict names and shapes, same numerics.
+#include <ddpm/detail/fields.hpp>
 #include <ddpm/detail/json_enum.hpp>
 #include <ddpm/detail/json_util.hpp>
 #include <ddpm/error.hpp>
@@ -134,6 +135,53 @@ struct UNetOptions {
   /// Throws ddpm::Error naming `context` and the offending key/value if the options are
   /// inconsistent or use an unsupported feature.
   void validate(const std::string& context = "UNetOptions") const;
+
+  /// JSON form of sample_size: 0 <-> null; reads an integer or a square [h, w].
+  struct SampleSizeCodec {
+    nlohmann::json to(int64_t v) const { return v > 0 ? nlohmann::json(v) : nlohmann::json(nullptr); }
+    void from(const nlohmann::json& j, int64_t& v) const {
+      if (j.is_array() && j.size() == 2 && j[0] == j[1] && j[0].is_number_integer()) {
+        v = j[0].get<int64_t>();
+      } else if (j.is_number_integer()) {
+        v = j.get<int64_t>();
+      } else {
+        throw Error("expected an integer or a square [h, w], got " + j.dump());
+      }
+    }
+  };
+
+  /// The one list of the config keys (diffusers' names; detail/fields.hpp). Optional
+  /// fields read null as "none", not as the default.
+  template <typename Self, typename V>
+  static void fields(Self& o, V& f) {
+    using S = detail::FieldSpec;
+    f(S{"sample_size"}, o.sample_size(), SampleSizeCodec{});
+    f(S{"in_channels"}, o.in_channels());
+    f(S{"out_channels"}, o.out_channels());
+    f(S{"center_input_sample"}, o.center_input_sample());
+    f(S{"time_embedding_type"}, o.time_embedding_type());
+    f(S{"freq_shift"}, o.freq_shift(), detail::IntegralNumberCodec{});
+    f(S{"flip_sin_to_cos"}, o.flip_sin_to_cos());
+    f(S{"down_block_types"}, o.down_block_types());
+    f(S{"up_block_types"}, o.up_block_types());
+    f(S{"block_out_channels"}, o.block_out_channels());
+    f(S{"layers_per_block"}, o.layers_per_block());
+    f(S{"mid_block_scale_factor"}, o.mid_block_scale_factor(), detail::IntegralNumberCodec{});
+    f(S{"downsample_padding"}, o.downsample_padding());
+    f(S{"downsample_type"}, o.downsample_type());
+    f(S{"upsample_type"}, o.upsample_type());
+    f(S{"dropout"}, o.dropout());
+    f(S{"act_fn"}, o.act_fn());
+    f(S{"attention_head_dim"}, o.attention_head_dim());
+    f(S{"norm_num_groups"}, o.norm_num_groups());
+    f(S{"attn_norm_num_groups"}, o.attn_norm_num_groups());
+    f(S{"norm_eps"}, o.norm_eps());
+    f(S{"resnet_time_scale_shift"}, o.resnet_time_scale_shift());
+    f(S{"add_attention"}, o.add_attention());
+    f(S{"class_embed_type"}, o.class_embed_type());
+    f(S{"num_class_embeds"}, o.num_class_embeds());
+    f(S{"num_train_timesteps"}, o.num_train_timesteps());
+  }
 };
 
 namespace detail {
@@ -230,110 +278,17 @@ inline void UNetOptions::validate(const std::string& context) const {
 
 /// Writes the diffusers config.json form (all v0.31 keys plus "_class_name": "UNet2DModel").
 inline void to_json(nlohmann::json& j, const UNetOptions& o) {
-  auto opt = [](const auto& v) -> nlohmann::json {
-    if (v.has_value()) return nlohmann::json(*v);
-    return nullptr;
-  };
-  auto num = [](double v) -> nlohmann::json {  // integral values as integers, like diffusers
-    if (std::isfinite(v) && v == std::floor(v) && std::abs(v) < 1e15) return static_cast<int64_t>(v);
-    return v;
-  };
-  j = nlohmann::json::object();
+  j = detail::fields_to_json(o);
   j["_class_name"] = "UNet2DModel";
   j["_diffusers_version"] = "0.31.0";
-  j["act_fn"] = o.act_fn();
-  j["add_attention"] = o.add_attention();
-  j["attention_head_dim"] = opt(o.attention_head_dim());
-  j["attn_norm_num_groups"] = opt(o.attn_norm_num_groups());
-  j["block_out_channels"] = o.block_out_channels();
-  j["center_input_sample"] = o.center_input_sample();
-  j["class_embed_type"] = opt(o.class_embed_type());
-  j["down_block_types"] = o.down_block_types();
-  j["downsample_padding"] = o.downsample_padding();
-  j["downsample_type"] = o.downsample_type();
-  j["dropout"] = o.dropout();
-  j["flip_sin_to_cos"] = o.flip_sin_to_cos();
-  j["freq_shift"] = num(o.freq_shift());
-  j["in_channels"] = o.in_channels();
-  j["layers_per_block"] = o.layers_per_block();
-  j["mid_block_scale_factor"] = num(o.mid_block_scale_factor());
-  j["norm_eps"] = o.norm_eps();
-  j["norm_num_groups"] = o.norm_num_groups();
-  j["num_class_embeds"] = opt(o.num_class_embeds());
-  j["num_train_timesteps"] = opt(o.num_train_timesteps());
-  j["out_channels"] = o.out_channels();
-  j["resnet_time_scale_shift"] = o.resnet_time_scale_shift();
-  j["sample_size"] = o.sample_size() > 0 ? nlohmann::json(o.sample_size()) : nlohmann::json(nullptr);
-  j["time_embedding_type"] = o.time_embedding_type();
-  j["up_block_types"] = o.up_block_types();
-  j["upsample_type"] = o.upsample_type();
 }
 
 /// Parses a diffusers UNet2DModel config; `context` (e.g. the file path) prefixes errors.
 /// Unknown keys, unknown block types / act_fn / time_embedding_type and inconsistent
 /// settings throw ddpm::Error. Keys starting with '_' are ignored.
 inline UNetOptions unet_options_from_json(const nlohmann::json& j, const std::string& context) {
-  detail::check_known_keys(
-      j,
-      {"sample_size", "in_channels", "out_channels", "center_input_sample", "time_embedding_type",
-       "freq_shift", "flip_sin_to_cos", "down_block_types", "up_block_types",
-       "block_out_channels", "layers_per_block", "mid_block_scale_factor", "downsample_padding",
-       "downsample_type", "upsample_type", "dropout", "act_fn", "attention_head_dim",
-       "norm_num_groups", "attn_norm_num_groups", "norm_eps", "resnet_time_scale_shift",
-       "add_attention", "class_embed_type", "num_class_embeds", "num_train_timesteps"},
-      context);
   UNetOptions o;
-  auto get = [&](const char* key, auto& out) { detail::get_optional(j, key, out, context); };
-  // Keys whose null means "none" (not "the default").
-  auto get_nullable = [&](const char* key, auto& out) {
-    auto it = j.find(key);
-    if (it == j.end()) return;
-    if (it->is_null()) {
-      out = c10::nullopt;
-      return;
-    }
-    typename std::decay_t<decltype(out)>::value_type v{};
-    detail::get_optional(j, key, v, context);
-    out = v;
-  };
-  {
-    auto it = j.find("sample_size");
-    if (it != j.end() && !it->is_null()) {
-      if (it->is_array() && it->size() == 2 && (*it)[0] == (*it)[1] && (*it)[0].is_number_integer()) {
-        o.sample_size((*it)[0].get<int64_t>());
-      } else if (it->is_number_integer()) {
-        o.sample_size(it->get<int64_t>());
-      } else {
-        throw Error(context + ": bad value for \"sample_size\": " + it->dump() +
-                    " (expected an integer or a square [h, w])");
-      }
-    }
-  }
-  get("in_channels", o.in_channels());
-  get("out_channels", o.out_channels());
-  get("center_input_sample", o.center_input_sample());
-  get("time_embedding_type", o.time_embedding_type());
-  get("freq_shift", o.freq_shift());
-  get("flip_sin_to_cos", o.flip_sin_to_cos());
-  get("down_block_types", o.down_block_types());
-  get("up_block_types", o.up_block_types());
-  get("block_out_channels", o.block_out_channels());
-  get("layers_per_block", o.layers_per_block());
-  get("mid_block_scale_factor", o.mid_block_scale_factor());
-  get("downsample_padding", o.downsample_padding());
-  get("downsample_type", o.downsample_type());
-  get("upsample_type", o.upsample_type());
-  get("dropout", o.dropout());
-  get("act_fn", o.act_fn());
-  get_nullable("attention_head_dim", o.attention_head_dim());
-  get("norm_num_groups", o.norm_num_groups());
-  get_nullable("attn_norm_num_groups", o.attn_norm_num_groups());
-  get("norm_eps", o.norm_eps());
-  get("resnet_time_scale_shift", o.resnet_time_scale_shift());
-  get("add_attention", o.add_attention());
-  get_nullable("class_embed_type", o.class_embed_type());
-  get_nullable("num_class_embeds", o.num_class_embeds());
-  get_nullable("num_train_timesteps", o.num_train_timesteps());
+  detail::fields_from_json(j, o, context);
   o.validate(context);
   return o;
 }

@@ -12,11 +12,30 @@
 ///   [24, 24 + size) payload: the archive as written by OutputArchive::save_to
 /// A truncated file (size mismatch) or a corrupt one (CRC mismatch, bad magic)
 /// is rejected with a ddpm::Error naming the file and what is wrong.
+///
+/// The trainer's archive (format version 1) holds: "model", "ema" (with "weights"),
+/// "optimizer" (sub-archives), "step", "train_seconds", "loss_scale", "good_steps"
+/// (scalars), "rng_train", "rng_global_cpu" (generator states) and the JSON strings
+/// "config" (the effective TrainConfig), "unet_config" (diffusers UNet2DModel form) and
+/// "scheduler_config" (diffusers scheduler form). load_training_checkpoint reads what
+/// sampling needs from it.
+///
+/// A run directory (TrainConfig::out_dir) holds:
+///   config.json             the effective TrainConfig (model resolved to a UNet config)
+///   metrics.jsonl, loss.png the metrics (train/metrics.hpp)
+///   samples/step-<N>.png    sample grids from the EMA model
+///   ckpt-<N>.pt             the last keep_checkpoints checkpoints (N: 9 digits)
 #include <ddpm/error.hpp>
+#include <ddpm/nn/unet.hpp>
+#include <ddpm/train/ema.hpp>
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/Generator.h>
+#include <torch/optim/optimizer.h>
 #include <torch/serialize/archive.h>
 #include <torch/types.h>
+
+#include <nlohmann/json.hpp>
 
 #include <zlib.h>
 
@@ -234,5 +253,115 @@ class CheckpointManager {
   std::string dir_;
   int keep_last_;
 };
+
+/// The parts of a training run a checkpoint holds besides its JSON configs (references
+/// into the trainer). The process-wide CPU generator is saved and restored too.
+struct TrainingStateRef {
+  torch::nn::Module& model;
+  EMA<UNet>& ema;
+  torch::optim::Optimizer& optimizer;
+  int64_t& step;
+  double& train_seconds;
+  double& loss_scale;
+  int64_t& good_steps;
+  at::Generator& rng;
+};
+
+/// Writes `s` and the three JSON configs into `a` (the layout above).
+inline void write_training_state(torch::serialize::OutputArchive& a, const TrainingStateRef& s,
+                                 const nlohmann::json& config, const nlohmann::json& unet_config,
+                                 const nlohmann::json& scheduler_config) {
+  torch::serialize::OutputArchive m, e, o;
+  s.model.save(m);
+  s.ema.save(e);
+  s.optimizer.save(o);
+  a.write("model", m);
+  a.write("ema", e);
+  a.write("optimizer", o);
+  a.write("step", torch::tensor(s.step, torch::kInt64), true);
+  a.write("train_seconds", torch::tensor(s.train_seconds, torch::kFloat64), true);
+  a.write("loss_scale", torch::tensor(s.loss_scale, torch::kFloat64), true);
+  a.write("good_steps", torch::tensor(s.good_steps, torch::kInt64), true);
+  archive_write_generator(a, "rng_train", s.rng);
+  archive_write_generator(a, "rng_global_cpu", at::detail::getDefaultCPUGenerator());
+  archive_write_string(a, "config", config.dump());
+  archive_write_string(a, "unet_config", unet_config.dump());
+  archive_write_string(a, "scheduler_config", scheduler_config.dump());
+}
+
+/// Restores what write_training_state stored into `s` (c10::Error when a key is missing or
+/// a shape does not match the modules).
+inline void read_training_state(torch::serialize::InputArchive& a, const TrainingStateRef& s) {
+  torch::serialize::InputArchive m, e, o;
+  a.read("model", m);
+  s.model.load(m);
+  a.read("ema", e);
+  s.ema.load(e);
+  a.read("optimizer", o);
+  s.optimizer.load(o);
+  torch::Tensor t;
+  a.read("step", t, true);
+  s.step = t.item<int64_t>();
+  a.read("train_seconds", t, true);
+  s.train_seconds = t.item<double>();
+  a.read("loss_scale", t, true);
+  s.loss_scale = t.item<double>();
+  a.read("good_steps", t, true);
+  s.good_steps = t.item<int64_t>();
+  archive_read_generator(a, "rng_train", s.rng);
+  at::Generator global = at::detail::getDefaultCPUGenerator();
+  archive_read_generator(a, "rng_global_cpu", global);
+}
+
+/// What sampling needs from a training checkpoint: the EMA weights in a UNet built from the
+/// stored config, plus the diffusers-style scheduler config.
+struct LoadedCheckpoint {
+  UNet ema_model{nullptr};
+  UNetOptions unet_options;
+  nlohmann::json scheduler_config;
+  nlohmann::json train_config;
+  int64_t step = 0;
+  std::string path;  ///< the checkpoint file that was read
+};
+
+/// `path_or_dir` is a checkpoint file, or a run directory: then its newest checkpoint that
+/// passes the integrity check (as the trainer resumes). Throws ddpm::Error naming the file.
+inline LoadedCheckpoint load_training_checkpoint(const std::string& path_or_dir,
+                                                 torch::Device device = torch::Device(torch::kCPU)) {
+  torch::serialize::InputArchive a;
+  std::string path = path_or_dir;
+  struct stat st {};
+  if (::stat(path_or_dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+    path = CheckpointManager(path_or_dir).load_latest(a, {}, device);
+    if (path.empty()) {
+      throw Error("no readable checkpoint (ckpt-<step>.pt) in directory '" + path_or_dir + "'");
+    }
+  } else {
+    read_checkpoint_file(path, a, device);
+  }
+  LoadedCheckpoint out;
+  out.path = path;
+  try {
+    out.unet_options = unet_options_from_json(nlohmann::json::parse(archive_read_string(a, "unet_config")),
+                                              "checkpoint '" + path + "' unet_config");
+    out.scheduler_config = nlohmann::json::parse(archive_read_string(a, "scheduler_config"));
+    out.train_config = nlohmann::json::parse(archive_read_string(a, "config"));
+    torch::Tensor t;
+    a.read("step", t, true);
+    out.step = t.item<int64_t>();
+    out.ema_model = UNet(out.unet_options);
+    torch::serialize::InputArchive e, w;
+    a.read("ema", e);
+    e.read("weights", w);
+    out.ema_model->load(w);
+  } catch (const c10::Error& err) {
+    throw Error("checkpoint '" + path + "' is not a complete ddpm training checkpoint: " + err.what_without_backtrace());
+  } catch (const nlohmann::json::exception& err) {
+    throw Error("checkpoint '" + path + "' holds invalid JSON: " + err.what());
+  }
+  out.ema_model->to(device);
+  out.ema_model->eval();
+  return out;
+}
 
 }  // namespace ddpm

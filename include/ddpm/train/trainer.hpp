@@ -1,18 +1,13 @@
 #pragma once
 /// The DDPM training loop (Ho et al. 2020, Algorithm 1) for image data:
-/// repeat { x0 ~ data; t ~ U{0..T-1}; eps ~ N(0, I); step on ||target - model(x_t, t)||^2 }
-/// with Adam/AdamW, LR warmup (+ optional cosine decay), gradient clipping, an EMA
-/// of the weights, crash-safe checkpoints that resume bit-exactly on CPU,
-/// metrics.jsonl, loss-curve and sample-grid PNGs, SIGINT/SIGTERM handling and a
-/// stop on a non-finite loss. Needs <ddpm/io/png.hpp> (Debian libstb-dev).
-///
-/// Output directory layout:
-///   config.json             the effective TrainConfig (model resolved to a UNet config)
-///   metrics.jsonl           one JSON object per log interval: step, loss, lr, img_per_s,
-///                           time (training seconds since the run began), grad_norm
-///   loss.png                the loss curve (refreshed with each sample grid / checkpoint)
-///   samples/step-<N>.png    grids sampled from the EMA model every sample_every steps
-///   ckpt-<N>.pt             the last keep_checkpoints checkpoints (see checkpoint.hpp)
+/// repeat { (x0, labels) ~ data; t ~ U{0..T-1}; eps ~ N(0, I); step on ||target - model(x_t, t)||^2 }
+/// with an EMA of the weights, crash-safe checkpoints that resume bit-exactly on CPU,
+/// metrics, sample grids, SIGINT/SIGTERM handling and a stop on a non-finite loss.
+/// Its parts live beside it: the config (train/config.hpp), the datasets
+/// (data/registry.hpp), device and AMP (train/device.hpp), optimizer and LR schedule
+/// (train/optim.hpp), checkpoints and the run directory (train/checkpoint.hpp), metrics
+/// (train/metrics.hpp), data-parallel collectives (train/collective.hpp) and signals
+/// (train/signals.hpp). Needs <ddpm/io/png.hpp> (Debian libstb-dev).
 ///
 /// Data-parallel training: the TrainerHooks carry rank / world_size and the
 /// collectives. Each rank loads its own disjoint shard of every epoch (BatchLoader),
@@ -22,11 +17,9 @@
 /// checkpoint in out_dir (checked). Stops are collective (allreduce_sum hook): a
 /// non-finite loss, SIGINT/SIGTERM or the time limit on ANY rank stops ALL ranks at
 /// the same step; the logged loss is the mean over the ranks.
-#include <ddpm/data/cifar10.hpp>
-#include <ddpm/data/idx.hpp>
 #include <ddpm/data/loader.hpp>
+#include <ddpm/data/registry.hpp>
 #include <ddpm/data/transforms.hpp>
-#include <ddpm/detail/json_enum.hpp>
 #include <ddpm/detail/json_util.hpp>
 #include <ddpm/error.hpp>
 #include <ddpm/forward_diffuser.hpp>
@@ -37,364 +30,37 @@
 #include <ddpm/sampler.hpp>
 #include <ddpm/schedule.hpp>
 #include <ddpm/train/checkpoint.hpp>
+#include <ddpm/train/collective.hpp>
+#include <ddpm/train/config.hpp>
+#include <ddpm/train/device.hpp>
 #include <ddpm/train/ema.hpp>
+#include <ddpm/train/metrics.hpp>
+#include <ddpm/train/optim.hpp>
 #include <ddpm/train/progress.hpp>
+#include <ddpm/train/signals.hpp>
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
-#include <ATen/autocast_mode.h>
-#include <torch/cuda.h>
 #include <torch/nn/utils/clip_grad.h>
-#include <torch/optim/adam.h>
-#include <torch/optim/adamw.h>
+#include <torch/optim/optimizer.h>
 #include <torch/serialize/archive.h>
 #include <torch/types.h>
-#include <torch/version.h>
 
 #include <nlohmann/json.hpp>
 
-#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <csignal>
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <functional>
 #include <memory>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
 namespace ddpm {
-
-namespace detail {
-/// Shortest readable form of a number for messages ("13.5", not "13.500000").
-inline std::string format_number(double v) {
-  std::ostringstream os;
-  os << v;
-  return os.str();
-}
-}  // namespace detail
-
-/// Which dataset format to read.
-enum class DatasetKind { Auto, Cifar10, FashionMnist, Mnist };
-/// Optimizer.
-enum class OptimizerKind { AdamW, Adam };
-/// Learning-rate schedule after warmup.
-enum class LrSchedule { Constant, Cosine };
-/// Compute device.
-enum class DeviceKind { Auto, Cpu, Cuda };
-/// Autocast precision (CUDA only; the CPU always trains in float32).
-enum class MixedPrecision { Auto, None, BF16, FP16 };
-
-namespace detail {
-inline const EnumNames<DatasetKind>& dataset_kind_names() {
-  static const EnumNames<DatasetKind> n = {{DatasetKind::Auto, "auto"},
-                                           {DatasetKind::Cifar10, "cifar10"},
-                                           {DatasetKind::FashionMnist, "fashion-mnist"},
-                                           {DatasetKind::Mnist, "mnist"}};
-  return n;
-}
-inline const EnumNames<OptimizerKind>& optimizer_kind_names() {
-  static const EnumNames<OptimizerKind> n = {{OptimizerKind::AdamW, "adamw"}, {OptimizerKind::Adam, "adam"}};
-  return n;
-}
-inline const EnumNames<LrSchedule>& lr_schedule_names() {
-  static const EnumNames<LrSchedule> n = {{LrSchedule::Constant, "constant"}, {LrSchedule::Cosine, "cosine"}};
-  return n;
-}
-inline const EnumNames<DeviceKind>& device_kind_names() {
-  static const EnumNames<DeviceKind> n = {{DeviceKind::Auto, "auto"}, {DeviceKind::Cpu, "cpu"}, {DeviceKind::Cuda, "cuda"}};
-  return n;
-}
-inline const EnumNames<MixedPrecision>& mixed_precision_names() {
-  static const EnumNames<MixedPrecision> n = {{MixedPrecision::Auto, "auto"},
-                                              {MixedPrecision::None, "none"},
-                                              {MixedPrecision::BF16, "bf16"},
-                                              {MixedPrecision::FP16, "fp16"}};
-  return n;
-}
-}  // namespace detail
-
-DDPM_JSON_ENUM(DatasetKind, detail::dataset_kind_names, "dataset")
-DDPM_JSON_ENUM(OptimizerKind, detail::optimizer_kind_names, "optimizer")
-DDPM_JSON_ENUM(LrSchedule, detail::lr_schedule_names, "lr_schedule")
-DDPM_JSON_ENUM(DeviceKind, detail::device_kind_names, "device")
-DDPM_JSON_ENUM(MixedPrecision, detail::mixed_precision_names, "mixed_precision")
-
-/// Default data folder: Debian's dataset-fashion-mnist package.
-inline constexpr const char* kDefaultDataDir = "/usr/share/datasets/fashion-mnist";
-
-/// Everything a training run is configured by; one JSON object (keys below,
-/// documented in docs/training.md). Unknown keys are rejected.
-struct TrainConfig {
-  // --- data
-  /// "auto" (detect from the files), "cifar10", "fashion-mnist" or "mnist".
-  DatasetKind dataset = DatasetKind::Auto;
-  /// Folder with the dataset files (or a cifar-10-binary.tar.gz).
-  std::string data_dir = kDefaultDataDir;
-  /// Images are padded (with the background value) to image_size x image_size.
-  int64_t image_size = 32;
-  /// Random horizontal flips (p = 0.5).
-  bool random_flip = true;
-  /// Batches prepared ahead by the loader thread (0 = load in the training thread).
-  int prefetch = 2;
-  // --- model
-  /// "seed", "ddpm-cifar10", a path to a UNet config JSON (diffusers config.json
-  /// format) or an inline UNet config object. in/out channels follow the data.
-  nlohmann::json model = "seed";
-  /// The noise schedule (NoiseScheduleOptions JSON: num_train_timesteps, beta_schedule, ...).
-  NoiseScheduleOptions schedule{};
-  /// The training objective (ForwardDiffuserOptions JSON: prediction_type, loss_weighting, min_snr_gamma).
-  ForwardDiffuserOptions objective{};
-  // --- optimization
-  /// Total optimizer steps of the run (the run ends there; rerun with more to extend).
-  int64_t steps = 10000;
-  /// Stop (with a checkpoint and a final sample grid) after this many minutes of
-  /// wall time in this invocation; 0 = no limit.
-  double time_limit_minutes = 0;
-  /// Images per step per process (global batch = world_size x batch_size).
-  int64_t batch_size = 64;
-  /// "adamw" or "adam".
-  OptimizerKind optimizer = OptimizerKind::AdamW;
-  /// Peak learning rate.
-  double lr = 2e-4;
-  /// Linear warmup from lr/warmup_steps to lr over this many steps.
-  int64_t warmup_steps = 500;
-  /// "constant" after warmup, or "cosine" decay to 0 at `steps`.
-  LrSchedule lr_schedule = LrSchedule::Constant;
-  /// Weight decay (decoupled for AdamW, L2 for Adam).
-  double weight_decay = 0.0;
-  double adam_beta1 = 0.9;
-  double adam_beta2 = 0.999;
-  double adam_eps = 1e-8;
-  /// Clip the global gradient norm to this value; 0 = no clipping.
-  double grad_clip = 1.0;
-  /// EMA decay of the sampling weights and whether to use the (1+n)/(10+n) warmup.
-  double ema_decay = 0.9999;
-  bool ema_warmup = true;
-  // --- runtime
-  /// Seed of model init, data order, flips, timesteps and noise.
-  uint64_t seed = 0;
-  /// "auto" (CUDA when available), "cpu" or "cuda".
-  DeviceKind device = DeviceKind::Auto;
-  /// CUDA autocast: "auto" (bf16 where supported, else none), "none", "bf16", "fp16" (with loss scaling).
-  MixedPrecision mixed_precision = MixedPrecision::Auto;
-  /// CPU threads for LibTorch; 0 = all cores.
-  int num_threads = 0;
-  // --- outputs
-  /// Output folder; rerunning with the same folder resumes from its newest checkpoint.
-  std::string out_dir = "runs/default";
-  /// Write a metrics.jsonl line (mean loss of the interval) every N steps.
-  int64_t log_every = 10;
-  /// Write a sample grid from the EMA model every N steps (0 = only at the end).
-  int64_t sample_every = 1000;
-  /// Images in each sample grid.
-  int64_t sample_count = 64;
-  /// Sampler for the grids: "ddpm", "ddim" or "dpm++".
-  std::string sampler = "ddim";
-  /// Denoising steps for the grids.
-  int64_t sample_steps = 50;
-  /// Write a checkpoint every N steps (and at the end / on interruption).
-  int64_t checkpoint_every = 1000;
-  /// How many checkpoints to keep.
-  int keep_checkpoints = 3;
-};
-
-inline void to_json(nlohmann::json& j, const TrainConfig& c) {
-  j = nlohmann::json{{"dataset", c.dataset},
-                     {"data_dir", c.data_dir},
-                     {"image_size", c.image_size},
-                     {"random_flip", c.random_flip},
-                     {"prefetch", c.prefetch},
-                     {"model", c.model},
-                     {"schedule", c.schedule},
-                     {"objective", c.objective},
-                     {"steps", c.steps},
-                     {"time_limit_minutes", c.time_limit_minutes},
-                     {"batch_size", c.batch_size},
-                     {"optimizer", c.optimizer},
-                     {"lr", c.lr},
-                     {"warmup_steps", c.warmup_steps},
-                     {"lr_schedule", c.lr_schedule},
-                     {"weight_decay", c.weight_decay},
-                     {"adam_beta1", c.adam_beta1},
-                     {"adam_beta2", c.adam_beta2},
-                     {"adam_eps", c.adam_eps},
-                     {"grad_clip", c.grad_clip},
-                     {"ema_decay", c.ema_decay},
-                     {"ema_warmup", c.ema_warmup},
-                     {"seed", c.seed},
-                     {"device", c.device},
-                     {"mixed_precision", c.mixed_precision},
-                     {"num_threads", c.num_threads},
-                     {"out_dir", c.out_dir},
-                     {"log_every", c.log_every},
-                     {"sample_every", c.sample_every},
-                     {"sample_count", c.sample_count},
-                     {"sampler", c.sampler},
-                     {"sample_steps", c.sample_steps},
-                     {"checkpoint_every", c.checkpoint_every},
-                     {"keep_checkpoints", c.keep_checkpoints}};
-}
-
-/// Checks ranges; throws ddpm::Error naming the key and value.
-inline void validate(const TrainConfig& c, const std::string& context = "training config") {
-  auto bad = [&](const std::string& key, const std::string& why) {
-    throw Error(context + ": \"" + key + "\" " + why);
-  };
-  if (c.image_size < 4) bad("image_size", "must be >= 4, got " + std::to_string(c.image_size));
-  if (c.steps < 0) bad("steps", "must be >= 0, got " + std::to_string(c.steps));
-  if (c.batch_size < 1) bad("batch_size", "must be >= 1, got " + std::to_string(c.batch_size));
-  if (!(c.lr > 0) || !std::isfinite(c.lr)) bad("lr", "must be a positive number");
-  if (c.warmup_steps < 0) bad("warmup_steps", "must be >= 0");
-  if (c.weight_decay < 0) bad("weight_decay", "must be >= 0");
-  if (c.grad_clip < 0) bad("grad_clip", "must be >= 0 (0 disables clipping)");
-  if (c.ema_decay < 0 || c.ema_decay > 1) bad("ema_decay", "must be in [0, 1]");
-  if (c.time_limit_minutes < 0) bad("time_limit_minutes", "must be >= 0 (0 = no limit)");
-  if (c.num_threads < 0) bad("num_threads", "must be >= 0 (0 = all cores)");
-  if (c.prefetch < 0) bad("prefetch", "must be >= 0");
-  if (c.log_every < 1) bad("log_every", "must be >= 1");
-  if (c.sample_every < 0) bad("sample_every", "must be >= 0");
-  if (c.sample_count < 1) bad("sample_count", "must be >= 1");
-  if (c.sample_steps < 1) bad("sample_steps", "must be >= 1");
-  if (c.checkpoint_every < 0) bad("checkpoint_every", "must be >= 0");
-  if (c.keep_checkpoints < 1) bad("keep_checkpoints", "must be >= 1");
-  if (c.out_dir.empty()) bad("out_dir", "must not be empty");
-  if (c.sampler != "ddpm" && c.sampler != "ddim" && c.sampler != "dpm++") {
-    bad("sampler", "must be one of \"ddpm\", \"ddim\", \"dpm++\", got \"" + c.sampler + "\"");
-  }
-  if (!c.model.is_string() && !c.model.is_object()) {
-    bad("model", "must be a preset name, a path to a UNet config JSON or a UNet config object");
-  }
-}
-
-inline void from_json(const nlohmann::json& j, TrainConfig& c) {
-  const std::string ctx = "training config";
-  detail::check_known_keys(
-      j,
-      {"dataset", "data_dir", "image_size", "random_flip", "prefetch", "model", "schedule", "objective", "steps",
-       "time_limit_minutes", "batch_size", "optimizer", "lr", "warmup_steps", "lr_schedule", "weight_decay",
-       "adam_beta1", "adam_beta2", "adam_eps", "grad_clip", "ema_decay", "ema_warmup", "seed", "device",
-       "mixed_precision", "num_threads", "out_dir", "log_every", "sample_every", "sample_count", "sampler",
-       "sample_steps", "checkpoint_every", "keep_checkpoints"},
-      ctx);
-  auto get = [&](const char* key, auto& out) {
-    auto it = j.find(key);
-    if (it == j.end() || it->is_null()) return;
-    try {
-      out = it->get<std::decay_t<decltype(out)>>();
-    } catch (const Error& e) {
-      throw Error(ctx + ": bad value for \"" + key + "\": " + e.what());
-    } catch (const nlohmann::json::exception& e) {
-      throw Error(ctx + ": bad value for \"" + key + "\": " + it->dump() + " (" + e.what() + ")");
-    }
-  };
-  get("dataset", c.dataset);
-  get("data_dir", c.data_dir);
-  get("image_size", c.image_size);
-  get("random_flip", c.random_flip);
-  get("prefetch", c.prefetch);
-  if (j.contains("model") && !j.at("model").is_null()) c.model = j.at("model");
-  get("schedule", c.schedule);
-  get("objective", c.objective);
-  get("steps", c.steps);
-  get("time_limit_minutes", c.time_limit_minutes);
-  get("batch_size", c.batch_size);
-  get("optimizer", c.optimizer);
-  get("lr", c.lr);
-  get("warmup_steps", c.warmup_steps);
-  get("lr_schedule", c.lr_schedule);
-  get("weight_decay", c.weight_decay);
-  get("adam_beta1", c.adam_beta1);
-  get("adam_beta2", c.adam_beta2);
-  get("adam_eps", c.adam_eps);
-  get("grad_clip", c.grad_clip);
-  get("ema_decay", c.ema_decay);
-  get("ema_warmup", c.ema_warmup);
-  get("seed", c.seed);
-  get("device", c.device);
-  get("mixed_precision", c.mixed_precision);
-  get("num_threads", c.num_threads);
-  get("out_dir", c.out_dir);
-  get("log_every", c.log_every);
-  get("sample_every", c.sample_every);
-  get("sample_count", c.sample_count);
-  get("sampler", c.sampler);
-  get("sample_steps", c.sample_steps);
-  get("checkpoint_every", c.checkpoint_every);
-  get("keep_checkpoints", c.keep_checkpoints);
-  validate(c, ctx);
-}
-
-/// Resolves TrainConfig::model to UNetOptions (before in/out channels are set from the data).
-inline UNetOptions resolve_model_config(const nlohmann::json& model) {
-  if (model.is_object()) {
-    return unet_options_from_json(model, "training config \"model\"");
-  }
-  if (!model.is_string()) throw Error("training config \"model\" must be a string or an object");
-  const std::string name = model.get<std::string>();
-  if (name == "seed") return UNetOptions::seed();
-  if (name == "ddpm-cifar10") return UNetOptions::ddpm_cifar10();
-  if (name.size() > 5 && name.substr(name.size() - 5) == ".json") return load_unet_config(name);
-  throw Error("unknown model \"" + name + "\"; use \"seed\", \"ddpm-cifar10\" or a path to a UNet config .json file");
-}
-
-/// Detects the dataset kind from the files in `dir`; throws ddpm::Error listing
-/// what was looked for (and where to get CIFAR-10) when nothing matches.
-inline DatasetKind detect_dataset(const std::string& dir) {
-  if (!find_cifar10(dir).empty()) return DatasetKind::Cifar10;
-  if (has_idx_dataset(dir)) {
-    std::string lower = dir;
-    for (auto& ch : lower) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-    return lower.find("fashion") != std::string::npos ? DatasetKind::FashionMnist : DatasetKind::Mnist;
-  }
-  throw Error("no dataset found in '" + dir +
-              "': expected CIFAR-10 (data_batch_1.bin .. data_batch_5.bin, a cifar-10-batches-bin/ folder or "
-              "cifar-10-binary.tar.gz) or MNIST/Fashion-MNIST (train-images-idx3-ubyte[.gz] and "
-              "train-labels-idx1-ubyte[.gz]). " + cifar10_download_hint() +
-              ". Fashion-MNIST comes with Debian's dataset-fashion-mnist package (" + kDefaultDataDir + ").");
-}
-
-/// Loads the training split named by `kind` (Auto: detected) from `dir`.
-inline ImageData load_training_data(DatasetKind kind, const std::string& dir) {
-  if (kind == DatasetKind::Auto) kind = detect_dataset(dir);
-  switch (kind) {
-    case DatasetKind::Cifar10: return load_cifar10(dir, true);
-    case DatasetKind::FashionMnist: return load_mnist_dir(dir, true, "fashion-mnist");
-    case DatasetKind::Mnist: return load_mnist_dir(dir, true, "mnist");
-    case DatasetKind::Auto: break;
-  }
-  throw Error("unreachable dataset kind");
-}
-
-/// Collectives for data-parallel training (all optional; defaults = one process).
-/// Distributed::hooks<TrainerHooks>() fills every member. Every rank must call the
-/// collectives in the same order, so the trainer makes its stop decisions (non-finite
-/// loss, SIGINT/SIGTERM, time limit) together through `allreduce_sum` when it is set.
-struct TrainerHooks {
-  int rank = 0;
-  int world_size = 1;
-  /// Index of this process on its machine: with world_size > 1 on CUDA, the trainer uses
-  /// cuda:(local_rank % device count).
-  int local_rank = 0;
-  /// Called after model creation and after resuming: make every rank hold rank 0's weights.
-  std::function<void(torch::nn::Module&)> broadcast_parameters;
-  /// Called after every backward pass: replace each gradient by its mean over ranks.
-  std::function<void(torch::nn::Module&)> average_gradients;
-  /// Called where ranks must meet (after checkpoints are written, at the end).
-  std::function<void()> barrier;
-  /// Sum of a scalar over the ranks (collective). Used once per step for the loss (whose
-  /// mean is logged, and which stops every rank when it is non-finite on any rank) and
-  /// once per step for the stop flags (a signal or the time limit on any rank stops all),
-  /// and after resuming to check that every rank resumed at the same step. Unset with
-  /// world_size > 1: each rank decides alone (a NaN on one rank then leaves the others
-  /// waiting in average_gradients until their timeout).
-  std::function<double(double)> allreduce_sum;
-};
 
 /// Result of one optimizer step.
 struct TrainStepOutput {
@@ -427,48 +93,6 @@ struct RunResult {
   std::string message;
 };
 
-namespace detail {
-inline std::atomic<int>& pending_signal() {
-  static std::atomic<int> sig{0};
-  return sig;
-}
-extern "C" inline void ddpm_trainer_signal_handler(int sig) { pending_signal().store(sig); }
-
-/// Installs SIGINT/SIGTERM handlers that only set a flag; restores the previous ones on destruction.
-class SignalGuard {
- public:
-  SignalGuard() {
-    pending_signal().store(0);
-    struct sigaction sa {};
-    sa.sa_handler = &ddpm_trainer_signal_handler;
-    sigemptyset(&sa.sa_mask);
-    sa.sa_flags = 0;
-    sigaction(SIGINT, &sa, &old_int_);
-    sigaction(SIGTERM, &sa, &old_term_);
-  }
-  ~SignalGuard() {
-    sigaction(SIGINT, &old_int_, nullptr);
-    sigaction(SIGTERM, &old_term_, nullptr);
-  }
-  SignalGuard(const SignalGuard&) = delete;
-  SignalGuard& operator=(const SignalGuard&) = delete;
-
- private:
-  struct sigaction old_int_ {};
-  struct sigaction old_term_ {};
-};
-
-inline void autocast_enable(bool on, torch::ScalarType dtype) {
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
-  at::autocast::set_autocast_enabled(at::kCUDA, on);
-  if (on) at::autocast::set_autocast_dtype(at::kCUDA, dtype);
-#else
-  at::autocast::set_enabled(on);
-  if (on) at::autocast::set_autocast_gpu_dtype(dtype);
-#endif
-  if (!on) at::autocast::clear_cache();
-}
-}  // namespace detail
 
 /// The trainer. Construct, then run() (or call train_step() yourself).
 class Trainer {
@@ -496,11 +120,13 @@ class Trainer {
       };
     }
     setup_runtime();
-    if (!data.images.defined()) data = load_training_data(cfg_.dataset, cfg_.data_dir);
+    if (!data.images.defined()) data = dataset_registry().load(cfg_.dataset, cfg_.data_dir);
     setup_data(std::move(data));
     setup_model();
     resume();
-    check_ranks_agree_on_step();
+    check_ranks_agree_on_step(hooks_, step_,
+                              resumed_from_.empty() ? "no checkpoint in '" + cfg_.out_dir + "', step 0"
+                                                    : "step " + std::to_string(step_) + " from " + resumed_from_);
     if (hooks_.broadcast_parameters) {
       hooks_.broadcast_parameters(*model_);
       ema_->reset_to_if_fresh(model_);
@@ -528,23 +154,15 @@ class Trainer {
   torch::Device device() const { return device_; }
   const UNetOptions& unet_options() const { return unet_options_; }
   const std::string& dataset_name() const { return dataset_name_; }
+  /// Class names of the training data, by label (empty for unlabelled data).
+  const std::vector<std::string>& class_names() const { return class_names_; }
   BatchLoader& loader() { return *loader_; }
   const ForwardDiffuser& diffuser() const { return *diffuser_; }
   /// Path of the checkpoint resumed from ("" for a fresh run).
   const std::string& resumed_from() const { return resumed_from_; }
 
-  /// Learning rate at step s (0-based): warmup lr * (s+1)/warmup_steps, then
-  /// constant or cosine 0.5 (1 + cos(pi p)) with p the post-warmup progress.
-  double lr_at(int64_t s) const {
-    double lr = cfg_.lr;
-    if (cfg_.warmup_steps > 0 && s < cfg_.warmup_steps) lr *= double(s + 1) / double(cfg_.warmup_steps);
-    if (cfg_.lr_schedule == LrSchedule::Cosine && s >= cfg_.warmup_steps) {
-      const double span = std::max<double>(1.0, double(cfg_.steps - cfg_.warmup_steps));
-      const double p = std::min(1.0, double(s - cfg_.warmup_steps) / span);
-      lr *= 0.5 * (1.0 + std::cos(M_PI * p));
-    }
-    return lr;
-  }
+  /// Learning rate at step s (0-based): see learning_rate_at (train/optim.hpp).
+  double lr_at(int64_t s) const { return learning_rate_at(cfg_, s); }
 
   // ---------------------------------------------------------------- training
   /// One optimizer step on the next batch of the data sequence.
@@ -556,58 +174,43 @@ class Trainer {
     return train_step(loader_->next());
   }
 
-  /// One optimizer step on `x0` (float [B, C, H, W] in [-1, 1]). A non-finite
-  /// loss returns finite = false and changes nothing (weights, EMA, optimizer, step).
-  TrainStepOutput train_step(const torch::Tensor& x0_in) {
+  /// One optimizer step on unlabelled images `x0` (float [B, C, H, W] in [-1, 1]).
+  TrainStepOutput train_step(const torch::Tensor& x0) { return train_step(Batch{x0, c10::nullopt}); }
+
+  /// One optimizer step on `batch` (its labels are carried for class conditioning; the
+  /// unconditional loss does not read them). A non-finite loss returns finite = false and
+  /// changes nothing (weights, EMA, optimizer, step).
+  TrainStepOutput train_step(const Batch& batch) {
     TrainStepOutput out;
     out.lr = lr_at(step_);
     for (auto& group : optimizer_->param_groups()) group.options().set_lr(out.lr);
     model_->train();
-    const auto x0 = x0_in.to(device_);
+    const auto x0 = batch.images.to(device_);
     optimizer_->zero_grad();
-    const bool amp = autocast_dtype_.has_value();
-    if (amp) detail::autocast_enable(true, *autocast_dtype_);
     LossOutput lo;
-    try {
+    {
+      AutocastGuard autocast(autocast_dtype_);
       lo = diffuser_->loss(model_, x0, gen_);
-    } catch (...) {
-      if (amp) detail::autocast_enable(false, torch::kFloat32);
-      throw;
     }
-    if (amp) detail::autocast_enable(false, torch::kFloat32);
     out.rank_loss = out.loss = lo.loss.item<double>();
     // Collective: a non-finite loss on any rank makes the sum non-finite on every rank,
     // so all ranks skip backward/average_gradients together instead of leaving the others
     // blocked in the gradient allreduce. The same scalar gives the global-batch loss.
-    if (collective()) out.loss = hooks_.allreduce_sum(out.rank_loss) / hooks_.world_size;
+    if (hooks_.collective()) out.loss = hooks_.allreduce_sum(out.rank_loss) / hooks_.world_size;
     if (!std::isfinite(out.loss)) {
       out.finite = false;
       out.step = step_;
       return out;
     }
     const bool scaled = autocast_dtype_.has_value() && *autocast_dtype_ == torch::kHalf;
-    (scaled ? lo.loss * loss_scale_ : lo.loss).backward();
+    (scaled ? lo.loss * scaler_.scale : lo.loss).backward();
     if (hooks_.average_gradients) hooks_.average_gradients(*model_);
     auto params = model_->parameters();
-    if (scaled) {
-      bool ok = true;
-      {
-        torch::NoGradGuard g;
-        for (auto& p : params) {
-          if (!p.grad().defined()) continue;
-          p.grad().div_(loss_scale_);
-          ok = ok && torch::isfinite(p.grad()).all().item<bool>();
-        }
-      }
-      if (!ok) {  // fp16 overflow: skip this update, halve the scale
-        loss_scale_ = std::max(1.0, loss_scale_ / 2);
-        good_steps_ = 0;
-        optimizer_->zero_grad();
-        ++step_;
-        out.step = step_;
-        return out;
-      }
-      if (++good_steps_ % 2000 == 0) loss_scale_ *= 2;
+    if (scaled && !scaler_.unscale(params)) {  // fp16 overflow: skip this update
+      optimizer_->zero_grad();
+      ++step_;
+      out.step = step_;
+      return out;
     }
     if (cfg_.grad_clip > 0) {
       out.grad_norm = torch::nn::utils::clip_grad_norm_(params, cfg_.grad_clip);
@@ -630,6 +233,7 @@ class Trainer {
 
   /// `n` images sampled from the EMA model with the configured sampler and
   /// steps, from a fixed seed (so successive grids show the same noise): [n, C, S, S] in model space.
+  /// The one place the trainer samples (sample grids).
   torch::Tensor sample_images(int64_t n, const std::function<bool(const SampleStep&)>& on_step = {}) {
     auto sampler = make_sampler(scheduler_config(), sampler_kind());
     sampler.set_timesteps(cfg_.sample_steps);
@@ -642,19 +246,9 @@ class Trainer {
     return sample_from(m, sampler, x_T.to(device_), gen, on_step).to(torch::kCPU);
   }
 
-  /// The diffusers-style scheduler config of this run (schedule + prediction type).
-  nlohmann::json scheduler_config() const {
-    nlohmann::json j = cfg_.schedule;
-    j.erase("dtype");
-    j["prediction_type"] = cfg_.objective.prediction_type();
-    return j;
-  }
-
-  SamplerKind sampler_kind() const {
-    if (cfg_.sampler == "ddpm") return SamplerKind::DDPM;
-    if (cfg_.sampler == "dpm++") return SamplerKind::DPMSolver;
-    return SamplerKind::DDIM;
-  }
+  /// The diffusers-style scheduler config of this run (see scheduler_config_of).
+  nlohmann::json scheduler_config() const { return scheduler_config_of(cfg_); }
+  SamplerKind sampler_kind() const { return sampler_kind_from_string(cfg_.sampler); }
 
   /// Writes a checkpoint of the current state (rank 0 only) and returns its path.
   std::string save_checkpoint() {
@@ -687,9 +281,13 @@ class Trainer {
   }
 
   /// Redraws out_dir/loss.png from the metrics so far.
-  void write_loss_curve() {
-    if (!is_main()) return;
-    save_loss_curve((std::filesystem::path(cfg_.out_dir) / "loss.png").string(), curve_steps_, curve_losses_);
+  void write_loss_curve() { metrics_->write_curve(); }
+
+  /// Calls `fn(trainer)` during run() every `every` steps (after that step's sample grid and
+  /// checkpoint), e.g. a periodic evaluation; on every rank, so it may use collectives.
+  void add_periodic_callback(int64_t every, std::function<void(Trainer&)> fn) {
+    if (every < 1) throw Error("add_periodic_callback: every must be >= 1, got " + std::to_string(every));
+    callbacks_.push_back({every, std::move(fn)});
   }
 
   /// Trains until config().steps (or `max_steps` more steps when >= 0), the time
@@ -726,7 +324,7 @@ class Trainer {
     while (step_ < target) {
       const int sig = detail::pending_signal().load();
       const bool time_up = cfg_.time_limit_minutes > 0 && since_start() > cfg_.time_limit_minutes * 60.0;
-      const StopVote vote = stop_vote(sig != 0, time_up);
+      const StopVote vote = stop_vote(hooks_, sig != 0, time_up);
       if (vote.signal) {
         res.status = RunStatus::Interrupted;
         res.message = sig != 0 ? std::string("interrupted by ") + (sig == SIGINT ? "SIGINT" : "SIGTERM")
@@ -744,17 +342,7 @@ class Trainer {
       const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       if (!so.finite) {
         res.status = RunStatus::NonFiniteLoss;
-        const double bad = std::isfinite(so.rank_loss) ? so.loss : so.rank_loss;
-        res.message = "loss is " + std::string(std::isnan(bad) ? "NaN" : "infinite") + " at step " +
-                      std::to_string(step_ + 1) +
-                      (hooks_.world_size > 1
-                           ? std::string(std::isfinite(so.rank_loss) ? " on another rank" : " on this rank") +
-                                 " (rank " + std::to_string(hooks_.rank) + "/" + std::to_string(hooks_.world_size) + ")"
-                           : std::string()) +
-                      " (lr " + std::to_string(so.lr) +
-                      "); stopping without saving. The last good checkpoint is " +
-                      (last_checkpoint_.empty() ? std::string("(none)") : last_checkpoint_) +
-                      ". Try a lower --lr, more warmup_steps or grad_clip.";
+        res.message = non_finite_loss_message(hooks_, step_ + 1, so.loss, so.rank_loss, so.lr, last_checkpoint_);
         log("error: " + res.message);
         res.step = step_;
         res.checkpoint = last_checkpoint_;
@@ -783,6 +371,9 @@ class Trainer {
       if ((cfg_.checkpoint_every > 0 && step_ % cfg_.checkpoint_every == 0) || at_end) {
         save_checkpoint();
         if (hooks_.barrier) hooks_.barrier();
+      }
+      for (auto& cb : callbacks_) {
+        if (step_ % cb.every == 0) cb.fn(*this);
       }
     }
     if (bar) bar->finish();
@@ -827,45 +418,6 @@ class Trainer {
 
   bool is_main() const { return hooks_.rank == 0; }
 
-  /// True when the ranks make their decisions together (data parallelism with the
-  /// allreduce_sum hook).
-  bool collective() const { return hooks_.world_size > 1 && static_cast<bool>(hooks_.allreduce_sum); }
-
-  struct StopVote {
-    bool signal = false;
-    bool time_limit = false;
-  };
-
-  /// Whether ANY rank saw a signal / ran out of time (one scalar allreduce: with n ranks,
-  /// each rank contributes signal + time_up * (n + 1), so the sum s + t (n + 1) with
-  /// s, t <= n decodes exactly). Single process: the local flags.
-  StopVote stop_vote(bool signal, bool time_up) {
-    if (!collective()) return {signal, time_up};
-    const int64_t n1 = static_cast<int64_t>(hooks_.world_size) + 1;
-    const double mine = (signal ? 1.0 : 0.0) + (time_up ? static_cast<double>(n1) : 0.0);
-    const int64_t sum = std::llround(hooks_.allreduce_sum(mine));
-    return {sum % n1 > 0, sum / n1 > 0};
-  }
-
-  /// After resuming: every rank must continue from the same step (the same checkpoint in
-  /// a shared out_dir), or they would disagree on how many steps remain and one would
-  /// wait in a collective until its timeout. n * sum(s^2) == sum(s)^2 iff all s are equal;
-  /// every rank computes the same verdict from the same sums, so all throw or none does.
-  void check_ranks_agree_on_step() {
-    if (!collective()) return;
-    const double s = static_cast<double>(step_);
-    const double sum = hooks_.allreduce_sum(s);
-    const double sum_sq = hooks_.allreduce_sum(s * s);
-    if (static_cast<double>(hooks_.world_size) * sum_sq != sum * sum) {
-      throw Error("rank " + std::to_string(hooks_.rank) + "/" + std::to_string(hooks_.world_size) +
-                  ": the ranks resumed at different steps (this rank: " +
-                  (resumed_from_.empty() ? std::string("no checkpoint in '" + cfg_.out_dir + "', step 0")
-                                         : "step " + std::to_string(step_) + " from " + resumed_from_) +
-                  ", mean over ranks: " + std::to_string(sum / hooks_.world_size) +
-                  "). Every rank must see the same out_dir: use a shared file system across machines");
-    }
-  }
-
   void log(const std::string& s) {
     if (is_main()) log_(s);
   }
@@ -874,43 +426,18 @@ class Trainer {
     const int threads = cfg_.num_threads > 0 ? cfg_.num_threads
                                              : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     ddpm::set_num_threads(threads);  // LibTorch and OpenBLAS pools together
-    const bool cuda = torch::cuda::is_available();
-    if (cfg_.device == DeviceKind::Cuda && !cuda) {
-      throw Error("device \"cuda\" requested but CUDA is not available (this LibTorch has no CUDA or no GPU is visible)");
-    }
-    device_ = (cfg_.device == DeviceKind::Cuda || (cfg_.device == DeviceKind::Auto && cuda)) ? torch::Device(torch::kCUDA)
-                                                                                              : torch::Device(torch::kCPU);
-    if (device_.is_cuda() && hooks_.world_size > 1) {
-      // One GPU per process on each machine (NCCL needs distinct devices).
-      const auto n = static_cast<int>(torch::cuda::device_count());
-      device_ = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(n > 0 ? hooks_.local_rank % n : 0));
-    }
-    if (device_.is_cuda()) {
-      switch (cfg_.mixed_precision) {
-        case MixedPrecision::BF16: autocast_dtype_ = torch::kBFloat16; break;
-        case MixedPrecision::FP16: autocast_dtype_ = torch::kHalf; break;
-        case MixedPrecision::Auto:
-          // bf16 needs compute capability >= 8.0; probe with a tiny op.
-          try {
-            auto probe = torch::ones({2, 2}, torch::TensorOptions().device(device_).dtype(torch::kBFloat16));
-            (void)torch::matmul(probe, probe).sum().item<float>();
-            autocast_dtype_ = torch::kBFloat16;
-          } catch (const std::exception&) {
-          }
-          break;
-        case MixedPrecision::None: break;
-      }
-    } else if (cfg_.mixed_precision == MixedPrecision::BF16 || cfg_.mixed_precision == MixedPrecision::FP16) {
-      log_("note: mixed_precision applies to CUDA only; training in float32 on the CPU");
-    }
+    device_ = resolve_training_device(cfg_.device, hooks_.world_size, hooks_.local_rank);
+    autocast_dtype_ = resolve_autocast_dtype(cfg_.mixed_precision, device_, log_);
     gen_ = at::detail::createCPUGenerator(cfg_.seed * 6364136223846793005ull + 1442695040888963407ull +
                                           static_cast<uint64_t>(hooks_.rank));
+    metrics_ = std::make_unique<MetricsLog>(cfg_.out_dir, is_main());
   }
 
   void setup_data(ImageData data) {
     TORCH_CHECK(data.images.defined() && data.images.dim() == 4 && data.images.scalar_type() == torch::kUInt8,
                 "Trainer: training images must be uint8 [N, C, H, W]");
     dataset_name_ = data.name;
+    class_names_ = data.class_names;
     torch::Tensor images = data.images;
     loader_channels_ = images.size(1);
     if (images.size(2) > cfg_.image_size || images.size(3) > cfg_.image_size) {
@@ -927,7 +454,7 @@ class Trainer {
     lo.world_size = hooks_.world_size;
     lo.random_flip = cfg_.random_flip;
     lo.prefetch = cfg_.prefetch;
-    loader_ = std::make_unique<BatchLoader>(images, lo);
+    loader_ = std::make_unique<BatchLoader>(images, lo, data.labels);
   }
 
   void setup_model() {
@@ -944,43 +471,19 @@ class Trainer {
     model_ = UNet(unet_options_);
     model_->to(device_);
     ema_ = std::make_unique<EmaState>(model_, EMAOptions().decay(cfg_.ema_decay).warmup(cfg_.ema_warmup));
-    auto params = model_->parameters();
-    if (cfg_.optimizer == OptimizerKind::AdamW) {
-      optimizer_ = std::make_unique<torch::optim::AdamW>(
-          params, torch::optim::AdamWOptions(cfg_.lr)
-                      .betas({cfg_.adam_beta1, cfg_.adam_beta2})
-                      .eps(cfg_.adam_eps)
-                      .weight_decay(cfg_.weight_decay));
-    } else {
-      optimizer_ = std::make_unique<torch::optim::Adam>(
-          params, torch::optim::AdamOptions(cfg_.lr)
-                      .betas({cfg_.adam_beta1, cfg_.adam_beta2})
-                      .eps(cfg_.adam_eps)
-                      .weight_decay(cfg_.weight_decay));
-    }
+    optimizer_ = make_optimizer(model_->parameters(), cfg_);
     diffuser_ = std::make_unique<ForwardDiffuser>(NoiseSchedule(cfg_.schedule), cfg_.objective);
     ckpt_ = std::make_unique<CheckpointManager>(cfg_.out_dir, cfg_.keep_checkpoints);
   }
 
   int64_t data_channels() const { return loader_channels_; }
 
+  TrainingStateRef state() {
+    return {*model_, ema_->ema, *optimizer_, step_, train_seconds_, scaler_.scale, scaler_.good_steps, gen_};
+  }
+
   void write_state(torch::serialize::OutputArchive& a) {
-    torch::serialize::OutputArchive m, e, o;
-    model_->save(m);
-    ema_->ema.save(e);
-    optimizer_->save(o);
-    a.write("model", m);
-    a.write("ema", e);
-    a.write("optimizer", o);
-    a.write("step", torch::tensor(step_, torch::kInt64), true);
-    a.write("train_seconds", torch::tensor(train_seconds_, torch::kFloat64), true);
-    a.write("loss_scale", torch::tensor(loss_scale_, torch::kFloat64), true);
-    a.write("good_steps", torch::tensor(good_steps_, torch::kInt64), true);
-    archive_write_generator(a, "rng_train", gen_);
-    archive_write_generator(a, "rng_global_cpu", at::detail::getDefaultCPUGenerator());
-    archive_write_string(a, "config", effective_config().dump());
-    archive_write_string(a, "unet_config", nlohmann::json(unet_options_).dump());
-    archive_write_string(a, "scheduler_config", scheduler_config().dump());
+    write_training_state(a, state(), effective_config(), unet_options_, scheduler_config());
     last_checkpoint_step_ = step_;
   }
 
@@ -991,26 +494,8 @@ class Trainer {
         device_);
     if (path.empty()) return;
     try {
-      torch::serialize::InputArchive m, e, o;
-      a.read("model", m);
-      model_->load(m);
-      a.read("ema", e);
-      ema_->ema.load(e);
+      read_training_state(a, state());
       ema_->fresh = false;
-      a.read("optimizer", o);
-      optimizer_->load(o);
-      torch::Tensor t;
-      a.read("step", t, true);
-      step_ = t.item<int64_t>();
-      a.read("train_seconds", t, true);
-      train_seconds_ = t.item<double>();
-      a.read("loss_scale", t, true);
-      loss_scale_ = t.item<double>();
-      a.read("good_steps", t, true);
-      good_steps_ = t.item<int64_t>();
-      archive_read_generator(a, "rng_train", gen_);
-      at::Generator global = at::detail::getDefaultCPUGenerator();
-      archive_read_generator(a, "rng_global_cpu", global);
     } catch (const c10::Error& err) {
       throw Error("cannot resume from '" + path + "': it does not match this configuration (" +
                   err.what_without_backtrace() +
@@ -1031,44 +516,11 @@ class Trainer {
       throw Error("checkpoint '" + path + "' is at step " + std::to_string(step_) + ", beyond steps = " +
                   std::to_string(cfg_.steps) + "; raise --steps to continue training");
     }
-    load_metrics();
-  }
-
-  /// Reloads metrics.jsonl up to the resumed step (dropping lines written after
-  /// the checkpoint, so the file and the curve match an uninterrupted run).
-  void load_metrics() {
-    if (!is_main()) return;
-    const std::string path = cfg_.out_dir + "/metrics.jsonl";
-    std::ifstream in(path);
-    if (!in) return;
-    std::vector<std::string> keep;
-    std::string line;
-    while (std::getline(in, line)) {
-      if (line.empty()) continue;
-      try {
-        const auto j = nlohmann::json::parse(line);
-        const int64_t s = j.at("step").get<int64_t>();
-        if (s > step_) break;
-        keep.push_back(line);
-        curve_steps_.push_back(static_cast<double>(s));
-        curve_losses_.push_back(j.at("loss").get<double>());
-      } catch (const std::exception&) {
-        break;  // a torn last line
-      }
-    }
-    in.close();
-    std::ofstream out(path, std::ios::trunc);
-    for (const auto& l : keep) out << l << '\n';
+    metrics_->truncate_to(step_);
   }
 
   void append_metrics(int64_t step, double loss, double lr, double ips, double grad_norm) {
-    curve_steps_.push_back(static_cast<double>(step));
-    curve_losses_.push_back(loss);
-    if (!is_main()) return;
-    nlohmann::json j = {{"step", step}, {"loss", loss}, {"lr", lr}, {"img_per_s", ips}, {"time", train_seconds_}};
-    j["grad_norm"] = std::isfinite(grad_norm) ? nlohmann::json(grad_norm) : nlohmann::json(nullptr);
-    std::ofstream out(cfg_.out_dir + "/metrics.jsonl", std::ios::app);
-    out << j.dump() << '\n';
+    metrics_->append(step, loss, lr, ips, train_seconds_, grad_norm);
   }
 
   void write_config() {
@@ -1086,6 +538,7 @@ class Trainer {
   bool loader_started_ = false;
   int64_t loader_channels_ = 0;
   std::string dataset_name_;
+  std::vector<std::string> class_names_;
   UNetOptions unet_options_;
   UNet model_{nullptr};
   std::unique_ptr<EmaState> ema_;
@@ -1094,64 +547,18 @@ class Trainer {
   std::unique_ptr<CheckpointManager> ckpt_;
   int64_t step_ = 0;
   double train_seconds_ = 0;
-  double loss_scale_ = 65536.0;
-  int64_t good_steps_ = 0;
+  LossScaler scaler_;
   std::string last_checkpoint_;
   int64_t last_checkpoint_step_ = -1;
   std::string resumed_from_;
-  std::vector<double> curve_steps_, curve_losses_;
+  std::unique_ptr<MetricsLog> metrics_;
+  struct Callback {
+    int64_t every;
+    std::function<void(Trainer&)> fn;
+  };
+  std::vector<Callback> callbacks_;
   bool show_progress_ = true;
   ProgressBar* bar_ = nullptr;
 };
-
-/// Reads a training checkpoint for sampling: the EMA weights in a UNet built
-/// from the stored config, plus the diffusers-style scheduler config.
-struct LoadedCheckpoint {
-  UNet ema_model{nullptr};
-  UNetOptions unet_options;
-  nlohmann::json scheduler_config;
-  nlohmann::json train_config;
-  int64_t step = 0;
-  std::string path;  ///< the checkpoint file that was read
-};
-
-/// `path` is a checkpoint file, or a run directory: then its newest checkpoint
-/// that passes the integrity check (as the trainer resumes).
-inline LoadedCheckpoint load_training_checkpoint(const std::string& path_or_dir,
-                                                 torch::Device device = torch::Device(torch::kCPU)) {
-  torch::serialize::InputArchive a;
-  std::string path = path_or_dir;
-  if (std::filesystem::is_directory(path_or_dir)) {
-    path = CheckpointManager(path_or_dir).load_latest(a, {}, device);
-    if (path.empty()) {
-      throw Error("no readable checkpoint (ckpt-<step>.pt) in directory '" + path_or_dir + "'");
-    }
-  } else {
-    read_checkpoint_file(path, a, device);
-  }
-  LoadedCheckpoint out;
-  out.path = path;
-  try {
-    out.unet_options = unet_options_from_json(nlohmann::json::parse(archive_read_string(a, "unet_config")),
-                                              "checkpoint '" + path + "' unet_config");
-    out.scheduler_config = nlohmann::json::parse(archive_read_string(a, "scheduler_config"));
-    out.train_config = nlohmann::json::parse(archive_read_string(a, "config"));
-    torch::Tensor t;
-    a.read("step", t, true);
-    out.step = t.item<int64_t>();
-    out.ema_model = UNet(out.unet_options);
-    torch::serialize::InputArchive e, w;
-    a.read("ema", e);
-    e.read("weights", w);
-    out.ema_model->load(w);
-  } catch (const c10::Error& err) {
-    throw Error("checkpoint '" + path + "' is not a complete ddpm training checkpoint: " + err.what_without_backtrace());
-  } catch (const nlohmann::json::exception& err) {
-    throw Error("checkpoint '" + path + "' holds invalid JSON: " + err.what());
-  }
-  out.ema_model->to(device);
-  out.ema_model->eval();
-  return out;
-}
 
 }  // namespace ddpm

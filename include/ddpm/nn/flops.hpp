@@ -1,7 +1,8 @@
 #pragma once
 /// Floating-point operation counts of a UNet forward pass, computed by walking the model's
 /// layers (their weights' shapes and conv options) while propagating the spatial size.
-/// Used by the benchmark (tests/bench) to turn times into GFLOP/s.
+/// Used by the benchmark (tests/bench) to turn times into GFLOP/s. (In nn/, beside the UNet it
+/// walks: detail/ sits below nn/ and includes nothing from it.)
 ///
 /// Convention: a multiply-add is 2 FLOPs. Counted: every Conv2d (2 Cout Cin/g kh kw Hout Wout),
 /// every Linear (2 in out per row) and the two attention matmuls (QK^T and PV, 2 N^2 C each,

@@ -1,0 +1,94 @@
+#pragma once
+/// Data-parallel training's collectives (TrainerHooks) and the decisions the ranks make
+/// together: stopping (a signal or the time limit on any rank stops all) and checking that
+/// every rank resumed at the same step.
+#include <ddpm/error.hpp>
+
+#include <torch/nn/module.h>
+
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <string>
+
+namespace ddpm {
+
+/// Collectives for data-parallel training (all optional; defaults = one process).
+/// Distributed::hooks<TrainerHooks>() fills every member. Every rank must call the
+/// collectives in the same order, so the trainer makes its stop decisions (non-finite
+/// loss, SIGINT/SIGTERM, time limit) together through `allreduce_sum` when it is set.
+struct TrainerHooks {
+  int rank = 0;
+  int world_size = 1;
+  /// Index of this process on its machine: with world_size > 1 on CUDA, the trainer uses
+  /// cuda:(local_rank % device count).
+  int local_rank = 0;
+  /// Called after model creation and after resuming: make every rank hold rank 0's weights.
+  std::function<void(torch::nn::Module&)> broadcast_parameters;
+  /// Called after every backward pass: replace each gradient by its mean over ranks.
+  std::function<void(torch::nn::Module&)> average_gradients;
+  /// Called where ranks must meet (after checkpoints are written, at the end).
+  std::function<void()> barrier;
+  /// Sum of a scalar over the ranks (collective). Used once per step for the loss (whose
+  /// mean is logged, and which stops every rank when it is non-finite on any rank) and
+  /// once per step for the stop flags (a signal or the time limit on any rank stops all),
+  /// and after resuming to check that every rank resumed at the same step. Unset with
+  /// world_size > 1: each rank decides alone (a NaN on one rank then leaves the others
+  /// waiting in average_gradients until their timeout).
+  std::function<double(double)> allreduce_sum;
+
+  /// True when the ranks make their decisions together (world_size > 1 with allreduce_sum).
+  bool collective() const { return world_size > 1 && static_cast<bool>(allreduce_sum); }
+};
+
+/// Whether any rank saw a signal / ran out of time.
+struct StopVote {
+  bool signal = false;
+  bool time_limit = false;
+};
+
+/// One scalar allreduce: with n ranks each contributes signal + time_up * (n + 1), so the
+/// sum s + t (n + 1) with s, t <= n decodes exactly. Single process: the local flags.
+inline StopVote stop_vote(const TrainerHooks& h, bool signal, bool time_up) {
+  if (!h.collective()) return {signal, time_up};
+  const int64_t n1 = static_cast<int64_t>(h.world_size) + 1;
+  const double mine = (signal ? 1.0 : 0.0) + (time_up ? static_cast<double>(n1) : 0.0);
+  const int64_t sum = std::llround(h.allreduce_sum(mine));
+  return {sum % n1 > 0, sum / n1 > 0};
+}
+
+/// After resuming: every rank must continue from the same step (the same checkpoint in a
+/// shared out_dir), or they would disagree on how many steps remain and one would wait in
+/// a collective until its timeout. n * sum(s^2) == sum(s)^2 iff all s are equal; every rank
+/// computes the same verdict from the same sums, so all throw or none does. `where`
+/// describes this rank's state for the message.
+inline void check_ranks_agree_on_step(const TrainerHooks& h, int64_t step, const std::string& where) {
+  if (!h.collective()) return;
+  const double s = static_cast<double>(step);
+  const double sum = h.allreduce_sum(s);
+  const double sum_sq = h.allreduce_sum(s * s);
+  if (static_cast<double>(h.world_size) * sum_sq != sum * sum) {
+    throw Error("rank " + std::to_string(h.rank) + "/" + std::to_string(h.world_size) +
+                ": the ranks resumed at different steps (this rank: " + where +
+                ", mean over ranks: " + std::to_string(sum / h.world_size) +
+                "). Every rank must see the same out_dir: use a shared file system across machines");
+  }
+}
+
+/// Why training stops at `step` with a non-finite `loss` (the mean over ranks; this
+/// rank's own is `rank_loss`): which rank, the lr, and the last good checkpoint.
+inline std::string non_finite_loss_message(const TrainerHooks& h, int64_t step, double loss, double rank_loss,
+                                           double lr, const std::string& last_checkpoint) {
+  const double bad = std::isfinite(rank_loss) ? loss : rank_loss;
+  std::string where;
+  if (h.world_size > 1) {
+    where = std::string(std::isfinite(rank_loss) ? " on another rank" : " on this rank") + " (rank " +
+            std::to_string(h.rank) + "/" + std::to_string(h.world_size) + ")";
+  }
+  return "loss is " + std::string(std::isnan(bad) ? "NaN" : "infinite") + " at step " + std::to_string(step) + where +
+         " (lr " + std::to_string(lr) + "); stopping without saving. The last good checkpoint is " +
+         (last_checkpoint.empty() ? std::string("(none)") : last_checkpoint) +
+         ". Try a lower --lr, more warmup_steps or grad_clip.";
+}
+
+}  // namespace ddpm

@@ -1,0 +1,183 @@
+#pragma once
+/// The training configuration: one JSON object whose keys are declared once, in
+/// TrainConfig::fields() (key, help, range, choices, flag). JSON read/write, the strict
+/// known-key check, validation and the example's command-line flags all come from that
+/// list; docs/training.md describes each key.
+#include <ddpm/data/registry.hpp>
+#include <ddpm/detail/fields.hpp>
+#include <ddpm/detail/json_enum.hpp>
+#include <ddpm/detail/json_util.hpp>
+#include <ddpm/error.hpp>
+#include <ddpm/forward_diffuser.hpp>
+#include <ddpm/nn/unet.hpp>
+#include <ddpm/schedule.hpp>
+#include <ddpm/train/device.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace ddpm {
+
+/// Optimizer.
+enum class OptimizerKind { AdamW, Adam };
+/// Learning-rate schedule after warmup.
+enum class LrSchedule { Constant, Cosine };
+
+namespace detail {
+inline const EnumNames<OptimizerKind>& optimizer_kind_names() {
+  static const EnumNames<OptimizerKind> n = {{OptimizerKind::AdamW, "adamw"}, {OptimizerKind::Adam, "adam"}};
+  return n;
+}
+inline const EnumNames<LrSchedule>& lr_schedule_names() {
+  static const EnumNames<LrSchedule> n = {{LrSchedule::Constant, "constant"}, {LrSchedule::Cosine, "cosine"}};
+  return n;
+}
+/// The samplers the trainer's sample grids can use (sampler_kind_from_string's names; to come
+/// from the sampler registry once there is one).
+inline std::vector<std::string> grid_sampler_choices() { return {"ddpm", "ddim", "dpm++"}; }
+}  // namespace detail
+
+DDPM_JSON_ENUM(OptimizerKind, detail::optimizer_kind_names, "optimizer")
+DDPM_JSON_ENUM(LrSchedule, detail::lr_schedule_names, "lr_schedule")
+
+/// Everything a training run is configured by (defaults below; every key is listed once,
+/// in fields()). Unknown keys are rejected.
+struct TrainConfig {
+  // --- data
+  std::string dataset = "auto";
+  std::string data_dir = kDefaultDataDir;
+  int64_t image_size = 32;
+  bool random_flip = true;
+  int prefetch = 2;
+  // --- model
+  nlohmann::json model = "seed";
+  NoiseScheduleOptions schedule{};
+  ForwardDiffuserOptions objective{};
+  // --- optimization
+  int64_t steps = 10000;
+  double time_limit_minutes = 0;
+  int64_t batch_size = 64;
+  OptimizerKind optimizer = OptimizerKind::AdamW;
+  double lr = 2e-4;
+  int64_t warmup_steps = 500;
+  LrSchedule lr_schedule = LrSchedule::Constant;
+  double weight_decay = 0.0;
+  double adam_beta1 = 0.9;
+  double adam_beta2 = 0.999;
+  double adam_eps = 1e-8;
+  double grad_clip = 1.0;
+  double ema_decay = 0.9999;
+  bool ema_warmup = true;
+  // --- runtime
+  uint64_t seed = 0;
+  DeviceKind device = DeviceKind::Auto;
+  MixedPrecision mixed_precision = MixedPrecision::Auto;
+  int num_threads = 0;
+  // --- outputs
+  std::string out_dir = "runs/default";
+  int64_t log_every = 10;
+  int64_t sample_every = 1000;
+  int64_t sample_count = 64;
+  std::string sampler = "ddim";
+  int64_t sample_steps = 50;
+  int64_t checkpoint_every = 1000;
+  int keep_checkpoints = 3;
+
+  /// The one list of the fields: JSON key, help, range / choices and command-line flag.
+  template <typename Self, typename V>
+  static void fields(Self& c, V& f) {
+    using detail::above;
+    using detail::at_least;
+    using detail::between;
+    using S = detail::FieldSpec;
+    f(S{"dataset", "dataset format; \"auto\" detects it from the files", {}, &dataset_choices}, c.dataset);
+    f(S{"data_dir", "dataset folder (or a cifar-10-binary.tar.gz)", {}, nullptr, "data"}, c.data_dir);
+    f(S{"image_size", "images are padded (with the background value) to this size", at_least(4)}, c.image_size);
+    f(S{"random_flip", "random horizontal flips (p = 0.5)"}, c.random_flip);
+    f(S{"prefetch", "batches prepared ahead by the loader thread (0 = load in the training thread)", at_least(0)},
+      c.prefetch);
+    f(S{"model",
+        "UNet: \"seed\" (14.1M params), \"ddpm-cifar10\" (35.7M, Ho et al.), a UNet config .json (diffusers "
+        "config.json format) or an inline UNet config object; channels follow the data"},
+      c.model);
+    f(S{"schedule", "noise schedule (num_train_timesteps, beta_schedule, ...)", {}, nullptr, ""}, c.schedule);
+    f(S{"objective", "training objective (prediction_type, loss_weighting, min_snr_gamma)", {}, nullptr, ""},
+      c.objective);
+    f(S{"steps", "total optimizer steps of the run", at_least(0)}, c.steps);
+    f(S{"time_limit_minutes", "stop (checkpoint + final sample grid) after this many minutes; 0 = no limit",
+        at_least(0), nullptr, "time-limit"},
+      c.time_limit_minutes);
+    f(S{"batch_size", "images per step per process (global batch = world size x batch size)", above(0)},
+      c.batch_size);
+    f(S{"optimizer", "optimizer"}, c.optimizer);
+    f(S{"lr", "peak learning rate", above(0)}, c.lr);
+    f(S{"warmup_steps", "linear LR warmup steps", at_least(0)}, c.warmup_steps);
+    f(S{"lr_schedule", "LR after warmup: constant, or cosine decay to 0 at steps"}, c.lr_schedule);
+    f(S{"weight_decay", "weight decay (decoupled for AdamW, L2 for Adam)", at_least(0)}, c.weight_decay);
+    f(S{"adam_beta1", "Adam beta1", between(0, 1)}, c.adam_beta1);
+    f(S{"adam_beta2", "Adam beta2", between(0, 1)}, c.adam_beta2);
+    f(S{"adam_eps", "Adam epsilon", above(0)}, c.adam_eps);
+    f(S{"grad_clip", "clip the global gradient norm to this (0 = off)", at_least(0)}, c.grad_clip);
+    f(S{"ema_decay", "EMA decay of the sampling weights", between(0, 1)}, c.ema_decay);
+    f(S{"ema_warmup", "EMA decay warmup min(decay, (1 + n) / (10 + n))"}, c.ema_warmup);
+    f(S{"seed", "seed of model init, data order, flips, timesteps and noise"}, c.seed);
+    f(S{"device", "auto (CUDA when available), cpu or cuda"}, c.device);
+    f(S{"mixed_precision", "CUDA autocast: auto (bf16 where supported), none, bf16, fp16 (with loss scaling)"},
+      c.mixed_precision);
+    f(S{"num_threads", "CPU threads (0 = all cores)", at_least(0), nullptr, "threads"}, c.num_threads);
+    f(S{"out_dir", "output folder; rerun with the same folder to resume", {}, nullptr, "out"}, c.out_dir);
+    f(S{"log_every", "metrics.jsonl line (mean loss of the interval) every N steps", above(0)}, c.log_every);
+    f(S{"sample_every", "sample grid from the EMA model every N steps (0 = only at the end)", at_least(0)},
+      c.sample_every);
+    f(S{"sample_count", "images per sample grid", above(0)}, c.sample_count);
+    f(S{"sampler", "sampler for the grids", {}, &detail::grid_sampler_choices}, c.sampler);
+    f(S{"sample_steps", "denoising steps for the grids", above(0)}, c.sample_steps);
+    f(S{"checkpoint_every", "checkpoint every N steps (0 = only at the end / on interruption)", at_least(0)},
+      c.checkpoint_every);
+    f(S{"keep_checkpoints", "how many checkpoints to keep", above(0)}, c.keep_checkpoints);
+  }
+};
+
+/// Checks every field's range and choices; throws ddpm::Error naming the key and value.
+inline void validate(const TrainConfig& c, const std::string& context = "training config") {
+  detail::validate_fields(c, context);
+  if (c.out_dir.empty()) throw Error(context + ": \"out_dir\" must not be empty");
+  if (!c.model.is_string() && !c.model.is_object()) {
+    throw Error(context + ": \"model\" must be a preset name, a path to a UNet config JSON or a UNet config object");
+  }
+}
+
+inline void to_json(nlohmann::json& j, const TrainConfig& c) { j = detail::fields_to_json(c); }
+
+inline void from_json(const nlohmann::json& j, TrainConfig& c) {
+  const std::string ctx = "training config";
+  detail::fields_from_json(j, c, ctx);
+  validate(c, ctx);
+}
+
+/// The diffusers-style scheduler config of a run: the schedule plus the prediction type
+/// (what sampling from its checkpoints needs).
+inline nlohmann::json scheduler_config_of(const TrainConfig& c) {
+  nlohmann::json j = c.schedule;
+  j.erase("dtype");
+  j["prediction_type"] = c.objective.prediction_type();
+  return j;
+}
+
+/// Resolves TrainConfig::model to UNetOptions (before in/out channels are set from the data).
+inline UNetOptions resolve_model_config(const nlohmann::json& model) {
+  if (model.is_object()) {
+    return unet_options_from_json(model, "training config \"model\"");
+  }
+  if (!model.is_string()) throw Error("training config \"model\" must be a string or an object");
+  const std::string name = model.get<std::string>();
+  if (name == "seed") return UNetOptions::seed();
+  if (name == "ddpm-cifar10") return UNetOptions::ddpm_cifar10();
+  if (name.size() > 5 && name.substr(name.size() - 5) == ".json") return load_unet_config(name);
+  throw Error("unknown model \"" + name + "\"; use \"seed\", \"ddpm-cifar10\" or a path to a UNet config .json file");
+}
+
+}  // namespace ddpm
