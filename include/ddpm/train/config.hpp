@@ -10,6 +10,7 @@
 #include <ddpm/error.hpp>
 #include <ddpm/forward_diffuser.hpp>
 #include <ddpm/nn/unet.hpp>
+#include <ddpm/sampler.hpp>
 #include <ddpm/schedule.hpp>
 #include <ddpm/train/device.hpp>
 
@@ -35,9 +36,8 @@ inline const EnumNames<LrSchedule>& lr_schedule_names() {
   static const EnumNames<LrSchedule> n = {{LrSchedule::Constant, "constant"}, {LrSchedule::Cosine, "cosine"}};
   return n;
 }
-/// The samplers the trainer's sample grids can use (sampler_kind_from_string's names; to come
-/// from the sampler registry once there is one).
-inline std::vector<std::string> grid_sampler_choices() { return {"ddpm", "ddim", "dpm++"}; }
+/// The samplers the trainer's sample grids can use: every name the sampler registry accepts.
+inline std::vector<std::string> grid_sampler_choices() { return sampler_names(); }
 }  // namespace detail
 
 DDPM_JSON_ENUM(OptimizerKind, detail::optimizer_kind_names, "optimizer")

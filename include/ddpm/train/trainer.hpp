@@ -26,7 +26,7 @@
 #include <ddpm/io/png.hpp>
 #include <ddpm/nn/unet.hpp>
 #include <ddpm/runtime.hpp>
-#include <ddpm/sample.hpp>
+#include <ddpm/pipeline.hpp>
 #include <ddpm/sampler.hpp>
 #include <ddpm/schedule.hpp>
 #include <ddpm/train/checkpoint.hpp>
@@ -234,21 +234,21 @@ class Trainer {
   /// `n` images sampled from the EMA model with the configured sampler and
   /// steps, from a fixed seed (so successive grids show the same noise): [n, C, S, S] in model space.
   /// The one place the trainer samples (sample grids).
-  torch::Tensor sample_images(int64_t n, const std::function<bool(const SampleStep&)>& on_step = {}) {
-    auto sampler = make_sampler(scheduler_config(), sampler_kind());
-    sampler.set_timesteps(cfg_.sample_steps);
+  torch::Tensor sample_images(int64_t n, const GenerateCallback& on_progress = {}) {
     auto gen = at::detail::createCPUGenerator(cfg_.seed + 0x5eed);
-    auto& m = ema_->ema.model();
-    m->eval();
-    torch::NoGradGuard g;
-    const int64_t c = unet_options_.in_channels(), s = cfg_.image_size;
-    torch::Tensor x_T = torch::randn({n, c, s, s}, gen, torch::TensorOptions().dtype(torch::kFloat32));
-    return sample_from(m, sampler, x_T.to(device_), gen, on_step).to(torch::kCPU);
+    return grid_pipeline().generate(
+        n, gen, GenerateOptions().num_inference_steps(cfg_.sample_steps).batch_size(n).sample_size(cfg_.image_size)
+                    .clamp(false),
+        on_progress);
+  }
+
+  /// The EMA model with the configured grid sampler (cfg.sampler: any registered name or preset).
+  Pipeline grid_pipeline() {
+    return Pipeline(ema_->ema.model(), make_sampler(scheduler_config(), cfg_.sampler), device_);
   }
 
   /// The diffusers-style scheduler config of this run (see scheduler_config_of).
   nlohmann::json scheduler_config() const { return scheduler_config_of(cfg_); }
-  SamplerKind sampler_kind() const { return sampler_kind_from_string(cfg_.sampler); }
 
   /// Writes a checkpoint of the current state (rank 0 only) and returns its path.
   std::string save_checkpoint() {
