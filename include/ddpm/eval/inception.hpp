@@ -102,7 +102,7 @@ class InceptionBlockImpl : public torch::nn::Cloneable<InceptionBlockImpl> {
   void reset() override {
     convs.clear();
     auto add = [&](const std::string& name, int64_t i, int64_t o, std::vector<int64_t> k, std::vector<int64_t> s,
-                   std::vector<int64_t> p) { convs[name] = register_module(name, BasicConv2d(i, o, k, s, p)); };
+                   std::vector<int64_t> p) { convs.insert_or_assign(name, register_module(name, BasicConv2d(i, o, k, s, p))); };
     const std::vector<int64_t> s1{1, 1}, s2{2, 2}, p0{0, 0}, p1{1, 1};
     switch (kind) {
       case A:  // param = pool_features
