@@ -132,7 +132,7 @@ int main(int argc, char** argv) {
   app.add_option("--batch-size", batch_size, "feature batch size (default 250)")->check(ddpm_examples::positive);
   app.add_option("--kid-subsets", kid_subsets, "KID subsets (default 100)")->check(ddpm_examples::positive);
   app.add_option("--kid-subset-size", kid_subset_size, "KID subset size (default 1000)")->check(ddpm_examples::positive);
-  app.add_option("--sampler", sampler_name, "with --model: ddpm, ddim (default for runs) or dpm-solver");
+  app.add_option("--sampler", sampler_name, "with --model: ddpm, ddim or dpm++ (default: the folder's scheduler; ddim for runs)");
   app.add_option("--steps", steps, "with --model: sampling steps (default 50)")->check(ddpm_examples::positive);
   app.add_option("--gen-batch", gen_batch, "with --model: images per sampling batch (default 100)")
       ->check(ddpm_examples::positive);
@@ -186,7 +186,7 @@ int main(int argc, char** argv) {
       if (samples.empty() && model.empty()) {
         ddpm::save_feature_stats(save_stats, ref, {{"source", dir}});
         std::fprintf(stderr, "evaluate: wrote %s\n", save_stats.c_str());
-        nlohmann::json j{{"reference", dir}, {"features", net->name()}, {"n", ref.n}, {"stats", save_stats}};
+        nlohmann::ordered_json j{{"reference", dir}, {"features", net->name()}, {"n", ref.n}, {"stats", save_stats}};
         std::cout << j.dump() << std::endl;
         return 0;
       }
@@ -205,7 +205,7 @@ int main(int argc, char** argv) {
       ddpm::save_feature_stats(save_stats, ddpm::reference_stats(*net, images, keep_rows, batch_size),
                                {{"source", samples.empty() ? model : samples}});
     }
-    nlohmann::json j = r.to_json();
+    nlohmann::ordered_json j = r.to_json();
     j["reference"] = ref_name;
     j["wall_seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::cout << j.dump() << std::endl;

@@ -161,10 +161,16 @@ TEST_CASE("eval: KID equals the recorded unbiased MMD and is reproducible", "[ev
     CHECK(ddpm::polynomial_mmd2_unbiased(x, y) == Approx(want).epsilon(1e-10).margin(1e-13));
   }
   const torch::Tensor x = fx("relu.x"), y = fx("relu.y");
-  // Subset size = both set sizes: one exact value.
-  const auto whole = ddpm::kernel_inception_distance(x.slice(0, 0, 300), y, ddpm::KidOptions().subset_size(300));
+  // Subset size = both set sizes: one exact value (float64 kernels), float32 kernels close to it.
+  const auto whole = ddpm::kernel_inception_distance(x.slice(0, 0, 300), y,
+                                                     ddpm::KidOptions().subset_size(300).dtype(torch::kFloat64));
   CHECK(whole.num_subsets == 1);
-  CHECK(whole.mean == Approx(ddpm::polynomial_mmd2_unbiased(x.slice(0, 0, 300), y)).epsilon(1e-14));
+  const double exact = ddpm::polynomial_mmd2_unbiased(x.slice(0, 0, 300), y);
+  CHECK(whole.mean == Approx(exact).epsilon(1e-14));
+  const auto whole32 = ddpm::kernel_inception_distance(x.slice(0, 0, 300), y, ddpm::KidOptions().subset_size(300));
+  CHECK(std::abs(whole32.mean - exact) < 1e-6);  // kernel values are O(1) here
+  const torch::Tensor sx = fx("small.x"), sy = fx("small.y");
+  CHECK(ddpm::polynomial_mmd2_unbiased(sx, sy, torch::kFloat32) == Approx(fs("small.mmd2")).epsilon(1e-5));
   // Subsets: reproducible with the seed, different with another, and unbiased (their mean is
   // close to the whole-set value on the scale of its spread).
   const auto opt = ddpm::KidOptions().subset_size(100).num_subsets(50).seed(7);

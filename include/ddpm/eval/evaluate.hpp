@@ -235,10 +235,13 @@ struct EvalResult {
   double wall_seconds = 0;
 
   /// {"n", "metric", "features", "fd", "kid", "kid_std", "reference_n", "class_histogram",
-  ///  "mean_confidence", "wall_seconds"}; NaNs become null; classifier-only keys absent otherwise.
-  nlohmann::json to_json() const {
-    auto num = [](double v) -> nlohmann::json { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(); };
-    nlohmann::json j;
+  ///  "class_names", "mean_confidence", "wall_seconds"} in this order; NaNs become null;
+  /// the classifier-only keys are absent for other networks.
+  nlohmann::ordered_json to_json() const {
+    auto num = [](double v) -> nlohmann::ordered_json {
+      return std::isfinite(v) ? nlohmann::ordered_json(v) : nlohmann::ordered_json();
+    };
+    nlohmann::ordered_json j;
     j["n"] = n;
     j["metric"] = metric;
     j["features"] = features;
