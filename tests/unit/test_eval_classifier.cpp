@@ -67,7 +67,8 @@ TEST_CASE("eval: evaluate_samples of the test split against its own committed st
   CHECK(r.n == 10000);
   CHECK(r.metric == "FD-fmnist");
   CHECK(std::abs(r.fd) < 1e-3);  // identical images: only float rounding of the features differs
-  CHECK(std::abs(r.kid) < 1e-3);
+  INFO("test vs its stats: fd " << r.fd << " kid " << r.kid << " +- " << r.kid_std);
+  CHECK(std::abs(r.kid) < 3 * r.kid_std);  // same distribution: zero within the subset noise
   REQUIRE(r.class_histogram.size() == 10);
   CHECK(std::accumulate(r.class_histogram.begin(), r.class_histogram.end(), int64_t{0}) == 10000);
   for (int64_t c : r.class_histogram) CHECK(std::abs(c - 1000) < 200);  // 1000 per class, ~90% accuracy
@@ -79,9 +80,11 @@ TEST_CASE("eval: evaluate_samples of the test split against its own committed st
   // Half the test set against the whole: small but clearly non-zero; noise: far away.
   const auto half = ddpm::evaluate_samples(x.slice(0, 0, 5000), ref, committed_net());
   const auto noise = ddpm::evaluate_samples(torch::rand({1000, 1, 28, 28}) * 2 - 1, ref, committed_net());
+  INFO("half: fd " << half.fd << " kid " << half.kid << " +- " << half.kid_std << "; noise: fd " << noise.fd
+                   << " kid " << noise.kid);
   CHECK(half.fd > r.fd);
   CHECK(noise.fd > 100 * half.fd);
-  CHECK(noise.kid > 100 * std::abs(half.kid));
+  CHECK(noise.kid > 100 * (std::abs(half.kid) + half.kid_std));
 }
 
 TEST_CASE("eval: evaluate_samples rejects what it cannot score", "[eval][classifier]") {

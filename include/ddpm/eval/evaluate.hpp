@@ -59,6 +59,11 @@ class FeatureNetwork {
   virtual std::vector<std::string> class_names() const { return {}; }
   /// Moves the network (images are moved to it in compute).
   virtual void to(torch::Device device) = 0;
+  /// Whether KID divides both feature sets by the reference's RMS spread s = sqrt(tr Σ_ref / D)
+  /// first. The cubic kernel is not scale invariant: Inception's pool features (norm²/D ~ 0.2)
+  /// give the usual KID scale, while unnormalised classifier logits-layer features (norm²/D ~ 11)
+  /// would make kernel values ~400 and KID's subset noise ~1.
+  virtual bool normalize_kid() const { return false; }
 };
 
 /// The ddpm classifier as a feature network (penultimate-layer features + softmax).
@@ -93,6 +98,7 @@ class ClassifierFeatures : public FeatureNetwork {
   }
   std::vector<std::string> class_names() const override { return names_; }
   void to(torch::Device device) override { file_.model->to(device); }
+  bool normalize_kid() const override { return true; }
   const ClassifierFile& file() const { return file_; }
 
  private:
@@ -261,7 +267,7 @@ struct EvalResult {
 
 /// Scores `images` [N, C, H, W] in [-1, 1] against `reference` with `net`: FD between the
 /// samples' feature Gaussian and the reference's, KID against the reference's stored feature
-/// rows (when it has them), the classifier's class histogram and mean confidence. Throws
+/// rows (when it has them; scaled by the reference's RMS spread when net.normalize_kid()), the classifier's class histogram and mean confidence. Throws
 /// ddpm::Error when the reference was computed with another feature network or dimension, or
 /// when N <= D (the sample covariance would be singular) unless options.allow_few_samples().
 inline EvalResult evaluate_samples(const torch::Tensor& images, const GaussianStats& reference, FeatureNetwork& net,
@@ -292,7 +298,10 @@ inline EvalResult evaluate_samples(const torch::Tensor& images, const GaussianSt
   r.reference_n = reference.n;
   r.fd = frechet_distance(ex.stats.mean(), ex.stats.covariance(), reference.mu, reference.sigma).distance;
   if (reference.samples.defined() && reference.samples.size(0) >= 2) {
-    const KidResult k = kernel_inception_distance(ex.features, reference.samples, options.kid());
+    double scale = 1.0;
+    if (net.normalize_kid()) scale = std::sqrt(reference.sigma.trace().item<double>() / static_cast<double>(net.dim()));
+    TORCH_CHECK(scale > 0 && std::isfinite(scale), "evaluate_samples: reference covariance has zero trace");
+    const KidResult k = kernel_inception_distance(ex.features / scale, reference.samples / scale, options.kid());
     r.kid = k.mean;
     r.kid_std = k.std;
   }
