@@ -65,7 +65,11 @@ torch::Tensor generate(const std::string& model, int64_t n, int64_t batch, const
   nlohmann::json scheduler_config;
   c10::optional<ddpm::SamplerKind> kind;
   if (!sampler_name.empty()) kind = ddpm::sampler_kind_from_string(sampler_name);
-  const bool diffusers = fs::exists(fs::path(model) / "model_index.json") || fs::exists(fs::path(model) / "config.json");
+  // A train run also holds a config.json (the training config): recognise diffusers folders by
+  // their pipeline index or weight file.
+  const fs::path m(model);
+  const bool diffusers = fs::exists(m / "model_index.json") || fs::exists(m / "diffusion_pytorch_model.safetensors") ||
+                         fs::exists(m / "unet" / "config.json");
   if (diffusers) {
     const auto folder = ddpm::locate_diffusers_folder(model);
     unet = ddpm::load_diffusers_unet(folder.unet_dir);
