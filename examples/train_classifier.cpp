@@ -9,6 +9,7 @@
 #include <ddpm/data/transforms.hpp>
 #include <ddpm/eval/classifier.hpp>
 #include <ddpm/eval/evaluate.hpp>
+#include <ddpm/runtime.hpp>
 
 #include "cli_checks.hpp"
 
@@ -22,6 +23,8 @@
 #include <iostream>
 
 int main(int argc, char** argv) {
+  // OpenMP must not spin against OpenBLAS on small machines (see runtime.hpp).
+  ddpm::reexec_with_env(argv, ddpm::recommended_cpu_env());
   std::string data_dir = "/usr/share/datasets/fashion-mnist", dataset = "fashion-mnist";
   std::string out = "fmnist_classifier.safetensors", stats_out;
   int64_t epochs = 4, batch_size = 128, seed = 0, threads = 0, width = 16, feature_dim = 128, stats_rows = 2000;
