@@ -51,3 +51,12 @@
 #include <ddpm/train/checkpoint.hpp>
 #include <ddpm/train/progress.hpp>
 #include <ddpm/train/trainer.hpp>
+
+// Evaluation: feature statistics, Fréchet distance, KID, feature networks (sample_io.hpp, which
+// reads PNGs with stb_image, is optional and not included here).
+#include <ddpm/eval/feature_stats.hpp>
+#include <ddpm/eval/frechet.hpp>
+#include <ddpm/eval/kid.hpp>
+#include <ddpm/eval/classifier.hpp>
+#include <ddpm/eval/inception.hpp>
+#include <ddpm/eval/evaluate.hpp>

@@ -1,0 +1,224 @@
+// evaluate: scores image samples (or a model, by sampling it) against reference statistics and
+// prints ONE JSON object on stdout: {"n", "metric", "features", "fd", "kid", "kid_std",
+// "reference", "reference_n", ["class_histogram", "class_names", "mean_confidence"], "wall_seconds"}.
+//
+//   evaluate --samples DIR|GRID.png|SAMPLES.safetensors [--reference fashion-mnist|STATS|DIR]
+//            [--features classifier|inception]
+//   evaluate --model RUN_DIR|CKPT|DIFFUSERS_DIR --num-samples N [...]
+//   evaluate --reference DIR --features ... --save-stats OUT.safetensors   (precompute a reference)
+//
+// Features "classifier" (default) are ddpm's Fashion-MNIST CNN (metric "FD-fmnist", not FID;
+// 1-channel 28x28/32x32 images); "inception" is pytorch-fid's Inception (metric "FID"; weights
+// via --inception-weights, converted by tools/convert_fid_inception.py). The reference defaults to
+// the committed Fashion-MNIST test-split statistics (classifier features). Exit status: 0 ok,
+// 2 bad flags / inputs / files, 1 other failures.
+#include <ddpm/data/idx.hpp>
+#include <ddpm/data/transforms.hpp>
+#include <ddpm/eval/evaluate.hpp>
+#include <ddpm/eval/sample_io.hpp>
+#include <ddpm/io/diffusers.hpp>
+#include <ddpm/runtime.hpp>
+#include <ddpm/sample.hpp>
+#include <ddpm/sampler.hpp>
+#include <ddpm/train/trainer.hpp>
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <CLI/CLI.hpp>
+#include <torch/cuda.h>
+
+#include "cli_checks.hpp"
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <string>
+#include <thread>
+
+namespace fs = std::filesystem;
+
+namespace {
+
+int fail(const std::string& msg, int code = 2) {
+  std::fprintf(stderr, "evaluate: error: %s\n", msg.c_str());
+  return code;
+}
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+/// Samples from a folder of PNGs, a PNG grid or a safetensors tensor.
+torch::Tensor load_samples(const std::string& path, int64_t image_size, int64_t padding, int64_t count,
+                           const std::string& key) {
+  if (fs::is_directory(path)) return ddpm::read_png_folder(path);
+  if (!fs::exists(path)) throw ddpm::Error("--samples: '" + path + "' does not exist");
+  if (ends_with(path, ".png") || ends_with(path, ".PNG")) return ddpm::read_png_grid(path, image_size, padding, count);
+  if (ends_with(path, ".safetensors")) return ddpm::read_samples_tensor(path, key);
+  throw ddpm::Error("--samples: '" + path + "' is neither a folder of PNGs, a .png grid nor a .safetensors tensor");
+}
+
+/// Generates `n` images from a train run / checkpoint or a diffusers folder, in batches.
+torch::Tensor generate(const std::string& model, int64_t n, int64_t batch, const std::string& sampler_name, int64_t steps,
+                       uint64_t seed, torch::Device device) {
+  ddpm::UNet unet{nullptr};
+  nlohmann::json scheduler_config;
+  c10::optional<ddpm::SamplerKind> kind;
+  if (!sampler_name.empty()) kind = ddpm::sampler_kind_from_string(sampler_name);
+  // A train run also holds a config.json (the training config): recognise diffusers folders by
+  // their pipeline index or weight file.
+  const fs::path m(model);
+  const bool diffusers = fs::exists(m / "model_index.json") || fs::exists(m / "diffusion_pytorch_model.safetensors") ||
+                         fs::exists(m / "unet" / "config.json");
+  if (diffusers) {
+    const auto folder = ddpm::locate_diffusers_folder(model);
+    unet = ddpm::load_diffusers_unet(folder.unet_dir);
+    unet->to(device);
+    scheduler_config = ddpm::read_scheduler_config(folder.scheduler_config);
+  } else {
+    auto loaded = ddpm::load_training_checkpoint(model, device);
+    unet = loaded.ema_model;
+    scheduler_config = loaded.scheduler_config;
+    if (!kind) kind = ddpm::SamplerKind::DDIM;
+    std::fprintf(stderr, "evaluate: checkpoint %s (step %lld, EMA weights)\n", loaded.path.c_str(),
+                 static_cast<long long>(loaded.step));
+  }
+  auto sampler = ddpm::make_sampler(scheduler_config, kind);
+  sampler.set_timesteps(steps);
+  unet->eval();
+  const auto& uo = unet->options;
+  const int64_t size = uo.sample_size() > 0 ? uo.sample_size() : 32;
+  auto gen = at::detail::createCPUGenerator(seed);
+  std::vector<torch::Tensor> out;
+  torch::NoGradGuard no_grad;
+  for (int64_t done = 0; done < n; done += batch) {
+    const int64_t b = std::min(batch, n - done);
+    torch::Tensor x = torch::randn({b, uo.in_channels(), size, size}, gen, torch::TensorOptions().dtype(torch::kFloat32)) *
+                      sampler.init_noise_sigma();
+    out.push_back(ddpm::sample_from(unet, sampler, x.to(device), gen, {}).to(torch::kCPU).clamp(-1, 1));
+    std::fprintf(stderr, "evaluate: generated %lld / %lld\n", static_cast<long long>(done + b), static_cast<long long>(n));
+  }
+  return torch::cat(out);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  ddpm::reexec_with_env(argv, ddpm::recommended_cpu_env());
+  CLI::App app{"Score image samples, or a model by sampling it, against reference statistics (FD, KID).\n"
+               "Prints one JSON object on stdout.",
+               "evaluate"};
+  std::string samples, model, reference = "fashion-mnist", features = "classifier", inception_weights, classifier,
+                           save_stats, tensor_key, sampler_name, device_name = "cpu";
+  int64_t num_samples = 0, image_size = 32, grid_padding = 2, grid_count = 0, batch_size = 250, kid_subsets = 100,
+          kid_subset_size = 1000, steps = 50, gen_batch = 100, keep_rows = 2000;
+  uint64_t seed = 0;
+  int threads = 0;
+  auto* samples_opt = app.add_option("--samples", samples, "folder of PNGs, PNG grid, or safetensors tensor [N, C, H, W] in [-1, 1]");
+  auto* model_opt = app.add_option("--model", model, "train run directory / checkpoint, or diffusers folder, to sample");
+  samples_opt->excludes(model_opt);
+  app.add_option("--num-samples", num_samples, "with --model: images to generate")->check(ddpm_examples::positive);
+  app.add_option("--reference", reference,
+                 "fashion-mnist (committed test-split stats), a stats .safetensors file, a folder of PNGs, or an "
+                 "MNIST-layout folder (its test split) (default fashion-mnist)");
+  app.add_option("--features", features, "classifier (FD-fmnist, default) or inception (FID)")
+      ->check(CLI::IsMember({"classifier", "inception"}));
+  app.add_option("--inception-weights", inception_weights, "pytorch-fid Inception weights as safetensors");
+  app.add_option("--classifier", classifier, "classifier weights (default: the committed Fashion-MNIST one)");
+  app.add_option("--image-size", image_size, "tile size of a PNG grid (default 32)")->check(ddpm_examples::positive);
+  app.add_option("--grid-padding", grid_padding, "padding of a PNG grid (default 2)")->check(ddpm_examples::non_negative);
+  app.add_option("--grid-count", grid_count, "images in a PNG grid (default: all non-empty tiles)")
+      ->check(ddpm_examples::non_negative);
+  app.add_option("--tensor", tensor_key, "tensor name in a samples .safetensors file (default: its only tensor)");
+  app.add_option("--save-stats", save_stats, "write the statistics of the scored images (or of --reference) here");
+  app.add_option("--stats-rows", keep_rows, "feature rows kept in --save-stats for KID (default 2000)")
+      ->check(ddpm_examples::non_negative);
+  app.add_option("--batch-size", batch_size, "feature batch size (default 250)")->check(ddpm_examples::positive);
+  app.add_option("--kid-subsets", kid_subsets, "KID subsets (default 100)")->check(ddpm_examples::positive);
+  app.add_option("--kid-subset-size", kid_subset_size, "KID subset size (default 1000)")->check(ddpm_examples::positive);
+  app.add_option("--sampler", sampler_name, "with --model: ddpm, ddim or dpm++ (default: the folder's scheduler; ddim for runs)");
+  app.add_option("--steps", steps, "with --model: sampling steps (default 50)")->check(ddpm_examples::positive);
+  app.add_option("--gen-batch", gen_batch, "with --model: images per sampling batch (default 100)")
+      ->check(ddpm_examples::positive);
+  app.add_option("--seed", seed, "with --model: seed (default 0)");
+  app.add_option("--device", device_name, "cpu (default), cuda or auto")->check(CLI::IsMember({"auto", "cpu", "cuda"}));
+  app.add_option("--threads", threads, "CPU threads (0 = all cores)")->check(ddpm_examples::non_negative);
+  if (const int rc = ddpm_examples::parse_args(app, argc, argv); rc >= 0) return rc;
+  if (!model.empty() && num_samples == 0) return fail("--model needs --num-samples N");
+  if (samples.empty() && model.empty() && save_stats.empty()) {
+    return fail("give --samples PATH or --model DIR --num-samples N (or --reference ... --save-stats OUT)");
+  }
+  ddpm::set_num_threads(threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  const bool cuda = torch::cuda::is_available();
+  if (device_name == "cuda" && !cuda) return fail("--device cuda: CUDA is not available");
+  const torch::Device device =
+      (device_name == "cuda" || (device_name == "auto" && cuda)) ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    std::unique_ptr<ddpm::FeatureNetwork> net;
+    if (features == "inception") {
+      if (inception_weights.empty()) {
+        inception_weights = ddpm::eval_data_dirs().empty() ? "pt_inception-fid.safetensors"
+                                                           : ddpm::eval_data_dirs().front() + "/eval/pt_inception-fid.safetensors";
+      }
+      net = std::make_unique<ddpm::InceptionFeatures>(ddpm::load_fid_inception(inception_weights));
+    } else {
+      net = ddpm::load_fmnist_classifier_features(classifier);
+    }
+    net->to(device);
+
+    // Reference statistics.
+    ddpm::GaussianStats ref;
+    std::string ref_name = reference;
+    if (reference == "fashion-mnist" && features == "classifier" && classifier.empty()) {
+      ref = ddpm::load_feature_stats(ddpm::find_eval_data(ddpm::kFmnistTestStatsFile));
+    } else if (ends_with(reference, ".safetensors")) {
+      ref = ddpm::load_feature_stats(reference);
+    } else {
+      torch::Tensor real;
+      std::string dir = reference == "fashion-mnist" ? "/usr/share/datasets/fashion-mnist" : reference;
+      if (ddpm::has_idx_dataset(dir)) {
+        real = ddpm::to_model_range(ddpm::load_mnist_dir(dir, /*train=*/false).images);
+      } else if (fs::is_directory(dir)) {
+        real = ddpm::read_png_folder(dir);
+      } else {
+        return fail("--reference '" + reference + "' is neither fashion-mnist, a .safetensors stats file nor a folder");
+      }
+      std::fprintf(stderr, "evaluate: computing reference statistics of %lld images from %s\n",
+                   static_cast<long long>(real.size(0)), dir.c_str());
+      ref = ddpm::reference_stats(*net, real, keep_rows, batch_size);
+      if (samples.empty() && model.empty()) {
+        ddpm::save_feature_stats(save_stats, ref, {{"source", dir}});
+        std::fprintf(stderr, "evaluate: wrote %s\n", save_stats.c_str());
+        nlohmann::ordered_json j{{"reference", dir}, {"features", net->name()}, {"n", ref.n}, {"stats", save_stats}};
+        std::cout << j.dump() << std::endl;
+        return 0;
+      }
+    }
+
+    torch::Tensor images;
+    if (!samples.empty()) {
+      images = load_samples(samples, image_size, grid_padding, grid_count, tensor_key);
+    } else {
+      images = generate(model, num_samples, gen_batch, sampler_name, steps, seed, device);
+    }
+    auto kid = ddpm::KidOptions().num_subsets(kid_subsets).subset_size(kid_subset_size);
+    ddpm::EvalResult r =
+        ddpm::evaluate_samples(images, ref, *net, ddpm::EvalOptions().batch_size(batch_size).kid(kid));
+    if (!save_stats.empty()) {
+      ddpm::save_feature_stats(save_stats, ddpm::reference_stats(*net, images, keep_rows, batch_size),
+                               {{"source", samples.empty() ? model : samples}});
+    }
+    nlohmann::ordered_json j = r.to_json();
+    j["reference"] = ref_name;
+    j["wall_seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::cout << j.dump() << std::endl;
+    return 0;
+  } catch (const ddpm::Error& e) {
+    return fail(e.what());
+  } catch (const c10::Error& e) {
+    return fail(e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    return fail(e.what(), 1);
+  }
+}
