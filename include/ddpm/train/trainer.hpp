@@ -28,6 +28,7 @@
 #include <ddpm/data/transforms.hpp>
 #include <ddpm/detail/json_enum.hpp>
 #include <ddpm/detail/json_util.hpp>
+#include <ddpm/device.hpp>
 #include <ddpm/error.hpp>
 #include <ddpm/forward_diffuser.hpp>
 #include <ddpm/io/png.hpp>
@@ -42,7 +43,6 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
-#include <ATen/autocast_mode.h>
 #include <torch/cuda.h>
 #include <torch/nn/utils/clip_grad.h>
 #include <torch/optim/adam.h>
@@ -457,17 +457,6 @@ class SignalGuard {
   struct sigaction old_int_ {};
   struct sigaction old_term_ {};
 };
-
-inline void autocast_enable(bool on, torch::ScalarType dtype) {
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
-  at::autocast::set_autocast_enabled(at::kCUDA, on);
-  if (on) at::autocast::set_autocast_dtype(at::kCUDA, dtype);
-#else
-  at::autocast::set_enabled(on);
-  if (on) at::autocast::set_autocast_gpu_dtype(dtype);
-#endif
-  if (!on) at::autocast::clear_cache();
-}
 }  // namespace detail
 
 /// The trainer. Construct, then run() (or call train_step() yourself).
@@ -563,18 +552,13 @@ class Trainer {
     out.lr = lr_at(step_);
     for (auto& group : optimizer_->param_groups()) group.options().set_lr(out.lr);
     model_->train();
-    const auto x0 = x0_in.to(device_);
+    const auto x0 = to_device(x0_in, device_);  // CUDA: pinned staging, asynchronous copy
     optimizer_->zero_grad();
-    const bool amp = autocast_dtype_.has_value();
-    if (amp) detail::autocast_enable(true, *autocast_dtype_);
     LossOutput lo;
-    try {
+    {
+      AutocastGuard amp(device_, autocast_dtype_);  // no-op without a dtype (CPU, "none")
       lo = diffuser_->loss(model_, x0, gen_);
-    } catch (...) {
-      if (amp) detail::autocast_enable(false, torch::kFloat32);
-      throw;
     }
-    if (amp) detail::autocast_enable(false, torch::kFloat32);
     out.rank_loss = out.loss = lo.loss.item<double>();
     // Collective: a non-finite loss on any rank makes the sum non-finite on every rank,
     // so all ranks skip backward/average_gradients together instead of leaving the others
@@ -890,13 +874,7 @@ class Trainer {
         case MixedPrecision::BF16: autocast_dtype_ = torch::kBFloat16; break;
         case MixedPrecision::FP16: autocast_dtype_ = torch::kHalf; break;
         case MixedPrecision::Auto:
-          // bf16 needs compute capability >= 8.0; probe with a tiny op.
-          try {
-            auto probe = torch::ones({2, 2}, torch::TensorOptions().device(device_).dtype(torch::kBFloat16));
-            (void)torch::matmul(probe, probe).sum().item<float>();
-            autocast_dtype_ = torch::kBFloat16;
-          } catch (const std::exception&) {
-          }
+          if (bf16_supported(device_)) autocast_dtype_ = torch::kBFloat16;  // compute capability >= 8.0
           break;
         case MixedPrecision::None: break;
       }
