@@ -139,7 +139,7 @@ TEST_CASE("gpu: CUDA generators are reproducible per seed, also through sample()
   CHECK_FALSE(torch::equal(x, run(10)));
 }
 
-TEST_CASE("gpu: a training step on CUDA matches the CPU; bf16 autocast loss is within 2% of float32", "[gpu]") {
+TEST_CASE("gpu: a training step on CUDA matches the CPU, and bf16 autocast loss is within 2% of float32", "[gpu]") {
   DDPM_REQUIRE_GPU();
   const auto dev = ddpm::select_device("cuda");
   auto [cpu, gpu] = cpu_and_gpu(dev);
