@@ -4,6 +4,7 @@
 #include <ddpm/version.hpp>
 #include <ddpm/error.hpp>
 #include <ddpm/runtime.hpp>
+#include <ddpm/device.hpp>
 
 // Core math: schedules, the forward process and its losses.
 #include <ddpm/schedule.hpp>

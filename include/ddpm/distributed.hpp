@@ -42,6 +42,7 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #ifdef USE_C10D_NCCL
+#include <c10/cuda/CUDAFunctions.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #include <torch/cuda.h>
 #endif
@@ -292,10 +293,15 @@ class Distributed {
       }
 #ifdef USE_C10D_NCCL
       else {
+        // One GPU per process: LOCAL_RANK modulo the visible GPUs (as the trainer picks it), made
+        // this process's current device before NCCL creates its communicator on it.
+        const auto gpus = static_cast<int>(torch::cuda::device_count());
+        if (gpus < 1) throw Error(who + ": nccl backend requested but no CUDA GPU is visible");
+        device_ = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(env.local_rank % gpus));
+        c10::cuda::set_device(device_.index());
         auto no = c10d::ProcessGroupNCCL::Options::create();
         no->timeout = options.timeout;
         pg_ = c10::make_intrusive<c10d::ProcessGroupNCCL>(store_, env.rank, env.world_size, no);
-        device_ = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(env.local_rank));
       }
 #endif
     } catch (const ddpm::Error&) {
@@ -318,7 +324,7 @@ class Distributed {
   const DistributedOptions& options() const { return options_; }
   /// The backend actually in use (never Auto).
   DistributedBackend backend() const { return backend_; }
-  /// Where tensors handed to the collectives must live: CPU for Gloo, cuda:LOCAL_RANK for NCCL.
+  /// Where tensors handed to the collectives must live: CPU for Gloo, cuda:(LOCAL_RANK % GPUs) for NCCL.
   torch::Device device() const { return device_; }
   /// The c10d objects, for collectives this class does not wrap.
   const BackendPtr& process_group() const { return pg_; }

@@ -42,7 +42,7 @@ inline torch::Tensor timestep_batch(double t, int64_t batch, torch::Device devic
 /// or float32, see timestep_batch) -> model output [B, ...] (a ModuleHolder, a lambda...).
 /// Runs under torch::NoGradGuard (not InferenceMode, so the result stays an ordinary tensor).
 /// Resets the sampler's history first. Stochastic samplers draw their noise on CPU from `gen`
-/// (an undefined generator means the default one).
+/// (an undefined generator means the default one; a CUDA generator draws on its GPU).
 /// Throws if the sampler has no timesteps (set_timesteps never called for DDIM / DPM-Solver;
 /// DDPMSampler uses all T steps by default).
 template <class Model, class Sampler>
@@ -73,7 +73,7 @@ torch::Tensor sample_from(Model&& model, Sampler& sampler, torch::Tensor x_T, to
   return x;
 }
 
-/// Draws x_T ~ N(0, I) of `shape` on CPU from `gen` (in opts' dtype, float32 by default),
+/// Draws x_T ~ N(0, I) of `shape` on `gen`'s device (CPU unless a CUDA generator) from `gen` (in opts' dtype, float32 by default),
 /// moves it to opts' device, scales it by init_noise_sigma, and runs sample_from.
 template <class Model, class Sampler>
 torch::Tensor sample(Model&& model, Sampler& sampler, at::IntArrayRef shape, torch::Generator gen,
@@ -82,7 +82,8 @@ torch::Tensor sample(Model&& model, Sampler& sampler, at::IntArrayRef shape, tor
   if (gen.defined()) g = gen;
   const auto dtype = opts.has_dtype() ? c10::typeMetaToScalarType(opts.dtype()) : torch::kFloat32;
   const auto draw = dtype == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
-  auto x = torch::randn(shape, g, torch::TensorOptions().dtype(draw)).to(opts.device(), dtype);
+  const torch::Device on = g.has_value() ? g->device() : torch::Device(torch::kCPU);  // CUDA generator: draw there
+  auto x = torch::randn(shape, g, torch::TensorOptions().dtype(draw).device(on)).to(opts.device(), dtype);
   const double sigma = sampler.init_noise_sigma();
   if (sigma != 1.0) x = x * sigma;
   return sample_from(std::forward<Model>(model), sampler, x, gen, on_step);

@@ -6,6 +6,7 @@
 //              [--device cpu|cuda] [--autocast-bf16] [--grad-mode inference|no-grad]
 //
 // Prints ONE JSON object (see usage()). CLI errors exit 2.
+#include <ddpm/device.hpp>
 #include <ddpm/nn/flops.hpp>
 #include <ddpm/forward_diffuser.hpp>
 #include <ddpm/nn/unet.hpp>
@@ -14,7 +15,6 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
-#include <ATen/autocast_mode.h>
 #include <c10/core/InferenceMode.h>
 #include <nlohmann/json.hpp>
 #include <torch/cuda.h>
@@ -22,13 +22,7 @@
 #include <torch/types.h>
 #include <torch/utils.h>
 #include <torch/version.h>
-
-#if TORCH_VERSION_MAJOR == 1
 #include <torch/csrc/autograd/profiler_legacy.h>
-#define DDPM_BENCH_HAS_PROFILER 1
-#else
-#define DDPM_BENCH_HAS_PROFILER 0
-#endif
 
 #include <algorithm>
 #include <chrono>
@@ -241,7 +235,6 @@ void sgemm_gflops(int64_t n, int64_t reps, const torch::Device& device, std::vec
 /// Runs `fn` `iters` times under the autograd profiler and prints, to stderr, the ops ranked
 /// by self time and the ops+input shapes ranked by total time.
 void profile_calls(const std::function<void()>& fn, int64_t iters) {
-#if DDPM_BENCH_HAS_PROFILER
   namespace prof = torch::autograd::profiler;
   prof::enableProfilerLegacy(
       torch::profiler::impl::ProfilerConfig(torch::profiler::impl::ProfilerState::CPU, true));
@@ -302,11 +295,6 @@ void profile_calls(const std::function<void()>& fn, int64_t iters) {
   };
   print(by_name, true, 25, "== ops by self time");
   print(by_shape, true, 30, "== ops+input shapes by self time");
-#else
-  (void)fn;
-  (void)iters;
-  std::cerr << "ddpm_bench: --profile needs LibTorch 1.x (legacy profiler); skipped\n";
-#endif
 }
 
 }  // namespace
@@ -315,7 +303,9 @@ int main(int argc, char** argv) {
   const Args args = parse_args(argc, argv);
   if (args.env == "tuned") ddpm::reexec_with_env(argv, ddpm::recommended_cpu_env());
   const ddpm::UNetOptions options = model_options(args);
-  const torch::Device device(args.device == "cuda" ? torch::kCUDA : torch::kCPU);
+  const torch::Device device = ddpm::select_device(args.device);
+  const c10::optional<torch::ScalarType> autocast_dtype =
+      args.autocast_bf16 ? c10::optional<torch::ScalarType>(torch::kBFloat16) : c10::nullopt;
 
   at::set_num_threads(static_cast<int>(args.threads));  // LibTorch 1.13 defaults to half the cores
   const bool blas_threads_set = ddpm::set_blas_num_threads(static_cast<int>(args.threads));
@@ -348,13 +338,8 @@ int main(int argc, char** argv) {
     auto train_step = [&] {
       opt.zero_grad();
       torch::Tensor loss;
-      if (args.autocast_bf16) {
-        at::autocast::set_enabled(true);
-        at::autocast::set_autocast_gpu_dtype(at::kBFloat16);
-        loss = diffuser.loss(model, x, gen).loss;
-        at::autocast::set_enabled(false);
-        at::autocast::clear_cache();
-      } else {
+      {
+        ddpm::AutocastGuard amp(device, autocast_dtype);
         loss = diffuser.loss(model, x, gen).loss;
       }
       loss.backward();
@@ -366,15 +351,8 @@ int main(int argc, char** argv) {
     unet->eval();
     const auto t = torch::randint(0, 1000, {B}, torch::TensorOptions().dtype(torch::kLong).device(device));
     auto body = [&] {
-      if (args.autocast_bf16) {
-        at::autocast::set_enabled(true);
-        at::autocast::set_autocast_gpu_dtype(at::kBFloat16);
-      }
+      ddpm::AutocastGuard amp(device, autocast_dtype);
       torch::Tensor out = unet->forward(x, t);
-      if (args.autocast_bf16) {
-        at::autocast::set_enabled(false);
-        at::autocast::clear_cache();
-      }
     };
     if (args.grad_mode == "inference") {
       c10::InferenceMode guard;
@@ -432,6 +410,12 @@ int main(int argc, char** argv) {
   j["torch_version"] = std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) +
                        "." + std::to_string(TORCH_VERSION_PATCH);
   j["blas"] = ddpm::blas_info();
+  if (device.is_cuda()) {
+    // LibTorch's defaults: cuDNN convolutions may use TF32 tensor cores, cuBLAS matmuls (and so
+    // the sgemm reference) may not; both matter when reading share_of_sgemm on a GPU.
+    j["tf32_cudnn"] = at::globalContext().allowTF32CuDNN();
+    j["tf32_cublas"] = at::globalContext().allowTF32CuBLAS();
+  }
   {
     nlohmann::ordered_json env;
     for (const char* name : {"OMP_WAIT_POLICY", "OPENBLAS_CORETYPE", "OMP_NUM_THREADS", "GOMP_SPINCOUNT"}) {

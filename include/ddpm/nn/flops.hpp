@@ -12,8 +12,10 @@
 
 #include <torch/nn/modules/conv.h>
 #include <torch/nn/modules/linear.h>
+#include <torch/version.h>
 
 #include <cstdint>
+#include <variant>
 
 namespace ddpm {
 
@@ -30,6 +32,16 @@ struct UNetFlops {
 
 namespace detail {
 
+/// std::get_if on a LibTorch variant: LibTorch 2.x uses std::variant, 1.x its own c10::variant.
+template <class T, class Variant>
+auto* variant_get_if(Variant* v) {
+#if TORCH_VERSION_MAJOR >= 2
+  return std::get_if<T>(v);
+#else
+  return c10::get_if<T>(v);
+#endif
+}
+
 /// Adds a Conv2d's FLOPs for an [., Cin, h, w] input (after `extra_pad` zero rows/cols on the
 /// right/bottom) and replaces h, w with the output size.
 inline void count_conv(const torch::nn::Conv2dImpl& conv, int64_t& h, int64_t& w, UNetFlops& f,
@@ -40,10 +52,10 @@ inline void count_conv(const torch::nn::Conv2dImpl& conv, int64_t& h, int64_t& w
   const int64_t sh = (*o.stride())[0], sw = (*o.stride())[1];
   const int64_t dh = (*o.dilation())[0], dw = (*o.dilation())[1];
   int64_t ph = 0, pw = 0;
-  if (const auto* pad = c10::get_if<torch::ExpandingArray<2>>(&o.padding())) {
+  if (const auto* pad = variant_get_if<torch::ExpandingArray<2>>(&o.padding())) {
     ph = (**pad)[0];
     pw = (**pad)[1];
-  } else if (c10::get_if<torch::enumtype::kSame>(&o.padding())) {
+  } else if (variant_get_if<torch::enumtype::kSame>(&o.padding())) {
     ph = dh * (kh - 1) / 2;
     pw = dw * (kw - 1) / 2;
   }

@@ -128,13 +128,15 @@ inline std::vector<int64_t> spaced_timesteps(int64_t T, int64_t N, TimestepSpaci
   return ts;
 }
 
-/// Standard normal noise shaped like `like`, drawn on CPU with `generator` (default generator
-/// when absent) in float32 (float64 for float64 samples), then moved to like's device/dtype.
+/// Standard normal noise shaped like `like`, drawn with `generator` (default CPU generator
+/// when absent) on the generator's device (CPU unless a CUDA generator is given, see
+/// ddpm::make_generator) in float32 (float64 for float64 samples), then moved to like's device/dtype.
 inline torch::Tensor draw_noise_like(const torch::Tensor& like, const c10::optional<at::Generator>& generator) {
   const auto draw_dtype = like.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
   c10::optional<at::Generator> g;
   if (generator.has_value() && generator->defined()) g = generator;
-  return torch::randn(like.sizes(), g, torch::TensorOptions().dtype(draw_dtype))
+  const torch::Device on = g.has_value() ? g->device() : torch::Device(torch::kCPU);
+  return torch::randn(like.sizes(), g, torch::TensorOptions().dtype(draw_dtype).device(on))
       .to(like.device(), like.scalar_type());
 }
 

@@ -3,9 +3,9 @@
 /// data-parallel) and CUDA autocast (mixed precision). All of the trainer's device and
 /// AMP code is here, in one place.
 #include <ddpm/detail/json_enum.hpp>
+#include <ddpm/device.hpp>
 #include <ddpm/error.hpp>
 
-#include <ATen/autocast_mode.h>
 #include <torch/cuda.h>
 #include <torch/types.h>
 #include <torch/version.h>
@@ -74,74 +74,14 @@ inline c10::optional<torch::ScalarType> resolve_autocast_dtype(MixedPrecision mp
     case MixedPrecision::BF16: return torch::kBFloat16;
     case MixedPrecision::FP16: return torch::kHalf;
     case MixedPrecision::Auto:
-      try {
-        auto probe = torch::ones({2, 2}, torch::TensorOptions().device(device).dtype(torch::kBFloat16));
-        (void)torch::matmul(probe, probe).sum().item<float>();
-        return torch::kBFloat16;
-      } catch (const std::exception&) {
-      }
+      if (bf16_supported(device)) return torch::kBFloat16;
       return c10::nullopt;
     case MixedPrecision::None: return c10::nullopt;
   }
   return c10::nullopt;
 }
 
-namespace detail {
-inline void autocast_enable(bool on, torch::ScalarType dtype) {
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
-  at::autocast::set_autocast_enabled(at::kCUDA, on);
-  if (on) at::autocast::set_autocast_dtype(at::kCUDA, dtype);
-#else
-  at::autocast::set_enabled(on);
-  if (on) at::autocast::set_autocast_gpu_dtype(dtype);
-#endif
-  if (!on) at::autocast::clear_cache();
-}
-}  // namespace detail
-
-/// CUDA autocast to `dtype` for its lifetime (nothing for nullopt).
-class AutocastGuard {
- public:
-  explicit AutocastGuard(c10::optional<torch::ScalarType> dtype) : on_(dtype.has_value()) {
-    if (on_) detail::autocast_enable(true, *dtype);
-  }
-  ~AutocastGuard() {
-    if (on_) detail::autocast_enable(false, torch::kFloat32);
-  }
-  AutocastGuard(const AutocastGuard&) = delete;
-  AutocastGuard& operator=(const AutocastGuard&) = delete;
-
- private:
-  bool on_;
-};
-
-/// Dynamic loss scaling for fp16 autocast (torch.cuda.amp.GradScaler's policy): the loss
-/// is multiplied by `scale` before backward; unscale() divides the gradients back and
-/// reports an overflow, which halves the scale (min 1); every 2000 good steps double it.
-struct LossScaler {
-  double scale = 65536.0;
-  int64_t good_steps = 0;
-
-  /// Divides every gradient by scale. Returns false (and halves the scale) when any
-  /// gradient is non-finite: the caller then skips the update.
-  bool unscale(const std::vector<torch::Tensor>& params) {
-    bool ok = true;
-    {
-      torch::NoGradGuard g;
-      for (const auto& p : params) {
-        if (!p.grad().defined()) continue;
-        p.grad().div_(scale);
-        ok = ok && torch::isfinite(p.grad()).all().item<bool>();
-      }
-    }
-    if (!ok) {
-      scale = std::max(1.0, scale / 2);
-      good_steps = 0;
-      return false;
-    }
-    if (++good_steps % 2000 == 0) scale *= 2;
-    return true;
-  }
-};
+// Autocast (AutocastGuard), fp16 loss scaling (LossScaler), pinned host->device copies
+// (to_device) and generators live in <ddpm/device.hpp>, shared with sampling and the benchmark.
 
 }  // namespace ddpm

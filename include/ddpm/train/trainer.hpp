@@ -21,6 +21,7 @@
 #include <ddpm/data/registry.hpp>
 #include <ddpm/data/transforms.hpp>
 #include <ddpm/detail/json_util.hpp>
+#include <ddpm/device.hpp>
 #include <ddpm/error.hpp>
 #include <ddpm/forward_diffuser.hpp>
 #include <ddpm/io/png.hpp>
@@ -185,11 +186,11 @@ class Trainer {
     out.lr = lr_at(step_);
     for (auto& group : optimizer_->param_groups()) group.options().set_lr(out.lr);
     model_->train();
-    const auto x0 = batch.images.to(device_);
+    const auto x0 = to_device(batch.images, device_);  // CUDA: pinned staging, asynchronous copy
     optimizer_->zero_grad();
     LossOutput lo;
     {
-      AutocastGuard autocast(autocast_dtype_);
+      AutocastGuard amp(device_, autocast_dtype_);  // no-op without a dtype (CPU, "none")
       lo = diffuser_->loss(model_, x0, gen_);
     }
     out.rank_loss = out.loss = lo.loss.item<double>();
@@ -203,10 +204,12 @@ class Trainer {
       return out;
     }
     const bool scaled = autocast_dtype_.has_value() && *autocast_dtype_ == torch::kHalf;
-    (scaled ? lo.loss * scaler_.scale : lo.loss).backward();
+    (scaled ? scaler_.scale(lo.loss) : lo.loss).backward();
     if (hooks_.average_gradients) hooks_.average_gradients(*model_);
     auto params = model_->parameters();
-    if (scaled && !scaler_.unscale(params)) {  // fp16 overflow: skip this update
+    const bool overflow = scaled && !scaler_.unscale_(params);
+    if (scaled) scaler_.update(overflow);
+    if (overflow) {  // fp16 overflow: skip this update
       optimizer_->zero_grad();
       ++step_;
       out.step = step_;
@@ -479,10 +482,12 @@ class Trainer {
   int64_t data_channels() const { return loader_channels_; }
 
   TrainingStateRef state() {
-    return {*model_, ema_->ema, *optimizer_, step_, train_seconds_, scaler_.scale, scaler_.good_steps, gen_};
+    return {*model_, ema_->ema, *optimizer_, step_, train_seconds_, loss_scale_, good_steps_, gen_};
   }
 
   void write_state(torch::serialize::OutputArchive& a) {
+    loss_scale_ = scaler_.scale_value();
+    good_steps_ = scaler_.good_steps();
     write_training_state(a, state(), effective_config(), unet_options_, scheduler_config());
     last_checkpoint_step_ = step_;
   }
@@ -495,6 +500,7 @@ class Trainer {
     if (path.empty()) return;
     try {
       read_training_state(a, state());
+      scaler_.load(loss_scale_, good_steps_);
       ema_->fresh = false;
     } catch (const c10::Error& err) {
       throw Error("cannot resume from '" + path + "': it does not match this configuration (" +
@@ -547,7 +553,9 @@ class Trainer {
   std::unique_ptr<CheckpointManager> ckpt_;
   int64_t step_ = 0;
   double train_seconds_ = 0;
-  LossScaler scaler_;
+  LossScaler scaler_;  // fp16 autocast only
+  double loss_scale_ = 0;   // scaler_'s state as stored in checkpoints
+  int64_t good_steps_ = 0;
   std::string last_checkpoint_;
   int64_t last_checkpoint_step_ = -1;
   std::string resumed_from_;
