@@ -1,7 +1,7 @@
 // Class-conditional UNet (diffusers UNet2DModel's num_class_embeds / class_embed_type):
 // outputs against diffusers fixtures (tools/fixtures/unet_cond.py), diffusers folder round
 // trips, config validation and class-label errors.
-#include <ddpm/detail/flops.hpp>
+#include <ddpm/nn/flops.hpp>
 #include <ddpm/io/diffusers.hpp>
 #include <ddpm/io/safetensors.hpp>
 #include <ddpm/nn/unet.hpp>
