@@ -2,10 +2,13 @@
 /// Image transforms for training: pad to a square size with the background
 /// value, random horizontal flip driven by an explicit generator, and the
 /// mapping between pixel bytes [0, 255] and the model's range [-1, 1].
+#include <ddpm/error.hpp>
+
 #include <torch/types.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <string>
 
 namespace ddpm {
 
@@ -55,6 +58,19 @@ inline torch::Tensor to_model_range(const torch::Tensor& pixels) {
 /// Model-space images in [-1, 1] -> float32 in [0, 1] ((x + 1) / 2, clamped).
 inline torch::Tensor to_unit_range(const torch::Tensor& x) {
   return x.to(torch::kFloat32).add(1.0).div(2.0).clamp(0.0, 1.0);
+}
+
+/// Training images uint8 [N, C, h, w] fitted to size x size: padded (centred) with their
+/// background value (see background_value) when smaller; throws ddpm::Error when larger.
+inline torch::Tensor fit_to_size(const torch::Tensor& images, int64_t size) {
+  TORCH_CHECK(images.defined() && images.dim() == 4 && images.scalar_type() == torch::kUInt8,
+              "fit_to_size: training images must be uint8 [N, C, H, W]");
+  if (images.size(2) > size || images.size(3) > size) {
+    throw Error("images of " + std::to_string(images.size(2)) + "x" + std::to_string(images.size(3)) +
+                " do not fit image_size " + std::to_string(size));
+  }
+  if (images.size(2) == size && images.size(3) == size) return images;
+  return pad_to_size(images, size, background_value(images));
 }
 
 }  // namespace ddpm

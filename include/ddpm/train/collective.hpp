@@ -4,6 +4,8 @@
 /// every rank resumed at the same step.
 #include <ddpm/error.hpp>
 
+#include <ATen/CPUGeneratorImpl.h>
+
 #include <torch/nn/module.h>
 
 #include <cmath>
@@ -89,6 +91,13 @@ inline std::string non_finite_loss_message(const TrainerHooks& h, int64_t step, 
          " (lr " + std::to_string(lr) + "); stopping without saving. The last good checkpoint is " +
          (last_checkpoint.empty() ? std::string("(none)") : last_checkpoint) +
          ". Try a lower --lr, more warmup_steps or grad_clip.";
+}
+
+/// The noise/timestep generator of `rank` (CPU), a function of seed, rank and the step it
+/// starts at: ranks draw independent noise, also after a resume (step > 0).
+inline at::Generator rank_generator(uint64_t seed, int rank, int64_t step) {
+  return at::detail::createCPUGenerator(seed * 6364136223846793005ull + 1442695040888963407ull +
+                                        static_cast<uint64_t>(rank) + static_cast<uint64_t>(step) * 0x9E3779B97F4A7C15ull);
 }
 
 }  // namespace ddpm

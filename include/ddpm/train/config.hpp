@@ -3,6 +3,7 @@
 /// TrainConfig::fields() (key, help, range, choices, flag). JSON read/write, the strict
 /// known-key check, validation and the example's command-line flags all come from that
 /// list; docs/training.md describes each key.
+#include <ddpm/data/loader.hpp>
 #include <ddpm/data/registry.hpp>
 #include <ddpm/detail/fields.hpp>
 #include <ddpm/detail/json_enum.hpp>
@@ -178,6 +179,32 @@ inline UNetOptions resolve_model_config(const nlohmann::json& model) {
   if (name == "ddpm-cifar10") return UNetOptions::ddpm_cifar10();
   if (name.size() > 5 && name.substr(name.size() - 5) == ".json") return load_unet_config(name);
   throw Error("unknown model \"" + name + "\"; use \"seed\", \"ddpm-cifar10\" or a path to a UNet config .json file");
+}
+
+/// The UNet a run trains: config.model resolved, with `channels` in/out channels and
+/// image_size as sample size; throws ddpm::Error when image_size does not suit its levels.
+inline UNetOptions model_options_of(const TrainConfig& c, int64_t channels) {
+  UNetOptions o = resolve_model_config(c.model);
+  o.in_channels(channels).out_channels(channels).sample_size(c.image_size);
+  o.validate("model config");
+  if (c.image_size % o.size_multiple() != 0) {
+    throw Error("image_size " + std::to_string(c.image_size) + " is not a multiple of " +
+                std::to_string(o.size_multiple()) + " as the UNet's " + std::to_string(o.num_levels()) +
+                " levels require");
+  }
+  return o;
+}
+
+/// The batch loader settings of a run on `rank` of `world_size`.
+inline BatchLoaderOptions loader_options_of(const TrainConfig& c, int rank, int world_size) {
+  BatchLoaderOptions lo;
+  lo.batch_size = c.batch_size;
+  lo.seed = c.seed;
+  lo.rank = rank;
+  lo.world_size = world_size;
+  lo.random_flip = c.random_flip;
+  lo.prefetch = c.prefetch;
+  return lo;
 }
 
 }  // namespace ddpm

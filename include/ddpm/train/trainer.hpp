@@ -38,6 +38,7 @@
 #include <ddpm/train/metrics.hpp>
 #include <ddpm/train/optim.hpp>
 #include <ddpm/train/progress.hpp>
+#include <ddpm/train/run_result.hpp>
 #include <ddpm/train/signals.hpp>
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -62,38 +63,6 @@
 #include <vector>
 
 namespace ddpm {
-
-/// Result of one optimizer step.
-struct TrainStepOutput {
-  /// The step number after this step (1 for the first step).
-  int64_t step = 0;
-  /// The batch's loss (before the update); with data parallelism (allreduce_sum hook
-  /// set) the mean over the ranks, i.e. the loss of the global batch.
-  double loss = 0;
-  /// This rank's own batch loss (equal to `loss` in a single process).
-  double rank_loss = 0;
-  /// Global gradient norm before clipping (NaN when not computed).
-  double grad_norm = NAN;
-  /// Learning rate used.
-  double lr = 0;
-  /// False when the loss was NaN/Inf (on any rank): then no update was applied (on any rank).
-  bool finite = true;
-};
-
-/// Why run() returned.
-enum class RunStatus { Completed, TimeLimit, Interrupted, NonFiniteLoss };
-
-/// Result of Trainer::run.
-struct RunResult {
-  RunStatus status = RunStatus::Completed;
-  int64_t step = 0;
-  /// Last checkpoint written or loaded ("" when none).
-  std::string checkpoint;
-  /// Last sample grid written ("" when none).
-  std::string sample_grid;
-  std::string message;
-};
-
 
 /// The trainer. Construct, then run() (or call train_step() yourself).
 class Trainer {
@@ -431,45 +400,20 @@ class Trainer {
     ddpm::set_num_threads(threads);  // LibTorch and OpenBLAS pools together
     device_ = resolve_training_device(cfg_.device, hooks_.world_size, hooks_.local_rank);
     autocast_dtype_ = resolve_autocast_dtype(cfg_.mixed_precision, device_, log_);
-    gen_ = at::detail::createCPUGenerator(cfg_.seed * 6364136223846793005ull + 1442695040888963407ull +
-                                          static_cast<uint64_t>(hooks_.rank));
+    gen_ = rank_generator(cfg_.seed, hooks_.rank, 0);
     metrics_ = std::make_unique<MetricsLog>(cfg_.out_dir, is_main());
   }
 
   void setup_data(ImageData data) {
-    TORCH_CHECK(data.images.defined() && data.images.dim() == 4 && data.images.scalar_type() == torch::kUInt8,
-                "Trainer: training images must be uint8 [N, C, H, W]");
     dataset_name_ = data.name;
     class_names_ = data.class_names;
-    torch::Tensor images = data.images;
+    const torch::Tensor images = fit_to_size(data.images, cfg_.image_size);
     loader_channels_ = images.size(1);
-    if (images.size(2) > cfg_.image_size || images.size(3) > cfg_.image_size) {
-      throw Error("images of " + std::to_string(images.size(2)) + "x" + std::to_string(images.size(3)) +
-                  " do not fit image_size " + std::to_string(cfg_.image_size));
-    }
-    if (images.size(2) != cfg_.image_size || images.size(3) != cfg_.image_size) {
-      images = pad_to_size(images, cfg_.image_size, background_value(images));
-    }
-    BatchLoaderOptions lo;
-    lo.batch_size = cfg_.batch_size;
-    lo.seed = cfg_.seed;
-    lo.rank = hooks_.rank;
-    lo.world_size = hooks_.world_size;
-    lo.random_flip = cfg_.random_flip;
-    lo.prefetch = cfg_.prefetch;
-    loader_ = std::make_unique<BatchLoader>(images, lo, data.labels);
+    loader_ = std::make_unique<BatchLoader>(images, loader_options_of(cfg_, hooks_.rank, hooks_.world_size), data.labels);
   }
 
   void setup_model() {
-    unet_options_ = resolve_model_config(cfg_.model);
-    const int64_t channels = data_channels();
-    unet_options_.in_channels(channels).out_channels(channels).sample_size(cfg_.image_size);
-    unet_options_.validate("model config");
-    if (cfg_.image_size % unet_options_.size_multiple() != 0) {
-      throw Error("image_size " + std::to_string(cfg_.image_size) + " is not a multiple of " +
-                  std::to_string(unet_options_.size_multiple()) + " as the UNet's " +
-                  std::to_string(unet_options_.num_levels()) + " levels require");
-    }
+    unet_options_ = model_options_of(cfg_, data_channels());
     torch::manual_seed(cfg_.seed);
     model_ = UNet(unet_options_);
     model_->to(device_);
@@ -511,9 +455,7 @@ class Trainer {
       // The checkpoint holds rank 0's noise/timestep generator. Other ranks continue on
       // their own stream (seeded from seed, rank and step), so the ranks still draw
       // independent noise after a resume.
-      gen_ = at::detail::createCPUGenerator(cfg_.seed * 6364136223846793005ull + 1442695040888963407ull +
-                                            static_cast<uint64_t>(hooks_.rank) +
-                                            static_cast<uint64_t>(step_) * 0x9E3779B97F4A7C15ull);
+      gen_ = rank_generator(cfg_.seed, hooks_.rank, step_);
     }
     resumed_from_ = path;
     last_checkpoint_ = path;
