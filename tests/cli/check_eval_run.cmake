@@ -1,3 +1,4 @@
+cmake_minimum_required(VERSION 3.19)  # string(JSON), if(IN_LIST)
 # Checks the evaluation outputs of a training run with eval_every: metrics.jsonl holds one
 # {"step": N, "eval": {...}} line per step listed in EVAL_STEPS, each with "n" = N_SAMPLES,
 # metric FD-fmnist and a finite number as "fd"; best.pt, best.json and eval.png exist and
