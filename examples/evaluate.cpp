@@ -17,6 +17,7 @@
 #include <ddpm/eval/evaluate.hpp>
 #include <ddpm/eval/sample_io.hpp>
 #include <ddpm/io/diffusers.hpp>
+#include <ddpm/pipeline.hpp>
 #include <ddpm/runtime.hpp>
 #include <ddpm/sample.hpp>
 #include <ddpm/sampler.hpp>
@@ -58,47 +59,36 @@ torch::Tensor load_samples(const std::string& path, int64_t image_size, int64_t 
   throw ddpm::Error("--samples: '" + path + "' is neither a folder of PNGs, a .png grid nor a .safetensors tensor");
 }
 
-/// Generates `n` images from a train run / checkpoint or a diffusers folder, in batches.
+/// Generates `n` images from a train run / checkpoint (its EMA weights) or a diffusers folder
+/// through the Pipeline, in batches of `batch`.
 torch::Tensor generate(const std::string& model, int64_t n, int64_t batch, const std::string& sampler_name, int64_t steps,
                        uint64_t seed, torch::Device device) {
-  ddpm::UNet unet{nullptr};
-  nlohmann::json scheduler_config;
-  c10::optional<ddpm::SamplerKind> kind;
-  if (!sampler_name.empty()) kind = ddpm::sampler_kind_from_string(sampler_name);
   // A train run also holds a config.json (the training config): recognise diffusers folders by
   // their pipeline index or weight file.
   const fs::path m(model);
   const bool diffusers = fs::exists(m / "model_index.json") || fs::exists(m / "diffusion_pytorch_model.safetensors") ||
                          fs::exists(m / "unet" / "config.json");
-  if (diffusers) {
-    const auto folder = ddpm::locate_diffusers_folder(model);
-    unet = ddpm::load_diffusers_unet(folder.unet_dir);
-    unet->to(device);
-    scheduler_config = ddpm::read_scheduler_config(folder.scheduler_config);
-  } else {
+  auto make_pipeline = [&]() {
+    if (diffusers) return ddpm::Pipeline::from_diffusers(model, sampler_name, device);
     auto loaded = ddpm::load_training_checkpoint(model, device);
-    unet = loaded.ema_model;
-    scheduler_config = loaded.scheduler_config;
-    if (!kind) kind = ddpm::SamplerKind::DDIM;
     std::fprintf(stderr, "evaluate: checkpoint %s (step %lld, EMA weights)\n", loaded.path.c_str(),
                  static_cast<long long>(loaded.step));
-  }
-  auto sampler = ddpm::make_sampler(scheduler_config, kind);
-  sampler.set_timesteps(steps);
-  unet->eval();
-  const auto& uo = unet->options;
-  const int64_t size = uo.sample_size() > 0 ? uo.sample_size() : 32;
+    return ddpm::Pipeline(loaded.ema_model, ddpm::make_sampler(loaded.scheduler_config, sampler_name.empty() ? "ddim" : sampler_name),
+                          device);
+  };
+  ddpm::Pipeline pipe = make_pipeline();
   auto gen = at::detail::createCPUGenerator(seed);
-  std::vector<torch::Tensor> out;
-  torch::NoGradGuard no_grad;
-  for (int64_t done = 0; done < n; done += batch) {
-    const int64_t b = std::min(batch, n - done);
-    torch::Tensor x = torch::randn({b, uo.in_channels(), size, size}, gen, torch::TensorOptions().dtype(torch::kFloat32)) *
-                      sampler.init_noise_sigma();
-    out.push_back(ddpm::sample_from(unet, sampler, x.to(device), gen, {}).to(torch::kCPU).clamp(-1, 1));
-    std::fprintf(stderr, "evaluate: generated %lld / %lld\n", static_cast<long long>(done + b), static_cast<long long>(n));
-  }
-  return torch::cat(out);
+  int64_t reported = -1;
+  return pipe.generate(n, gen, ddpm::GenerateOptions().num_inference_steps(steps).batch_size(batch),
+                       [&](const ddpm::GenerateProgress& p) {
+                         if (p.step == p.num_steps && p.batch_index != reported) {
+                           reported = p.batch_index;
+                           std::fprintf(stderr, "evaluate: generated %lld / %lld\n",
+                                        static_cast<long long>(std::min(n, p.images_done + batch)),
+                                        static_cast<long long>(n));
+                         }
+                         return true;
+                       });
 }
 
 }  // namespace
@@ -136,7 +126,7 @@ int main(int argc, char** argv) {
   app.add_option("--batch-size", batch_size, "feature batch size (default 250)")->check(ddpm_examples::positive);
   app.add_option("--kid-subsets", kid_subsets, "KID subsets (default 100)")->check(ddpm_examples::positive);
   app.add_option("--kid-subset-size", kid_subset_size, "KID subset size (default 1000)")->check(ddpm_examples::positive);
-  app.add_option("--sampler", sampler_name, "with --model: ddpm, ddim or dpm++ (default: the folder's scheduler; ddim for runs)");
+  app.add_option("--sampler", sampler_name, "with --model: any name `sample --sampler list` prints (default: the folder's scheduler; ddim for runs)");
   app.add_option("--steps", steps, "with --model: sampling steps (default 50)")->check(ddpm_examples::positive);
   app.add_option("--gen-batch", gen_batch, "with --model: images per sampling batch (default 100)")
       ->check(ddpm_examples::positive);

@@ -176,6 +176,11 @@ template <typename H, typename = void>
 struct dist_has_allreduce_sum : std::false_type {};
 template <typename H>
 struct dist_has_allreduce_sum<H, std::void_t<decltype(std::declval<H&>().allreduce_sum)>> : std::true_type {};
+template <typename H, typename = void>
+struct dist_has_allreduce_sum_tensor : std::false_type {};
+template <typename H>
+struct dist_has_allreduce_sum_tensor<H, std::void_t<decltype(std::declval<H&>().allreduce_sum_tensor)>>
+    : std::true_type {};
 
 inline bool dist_is_loopback(const std::string& addr) {
   return addr == "localhost" || addr == "::1" || addr.rfind("127.", 0) == 0;
@@ -333,7 +338,8 @@ class Distributed {
   /// A hooks struct with members `rank`, `world_size` and the std::function members
   /// `broadcast_parameters(Module&)`, `average_gradients(Module&)`, `barrier()` — e.g.
   /// ddpm::TrainerHooks — bound to this object. When the struct also has them,
-  /// `local_rank` and `allreduce_sum` (std::function<double(double)>) are filled too:
+  /// `local_rank`, `allreduce_sum` (std::function<double(double)>) and `allreduce_sum_tensor`
+  /// (std::function<torch::Tensor(const torch::Tensor&)>) are filled too:
   ///   auto dist = ddpm::Distributed::from_env();
   ///   ddpm::TrainerHooks hooks;                        // single process by default
   ///   if (dist) hooks = dist->hooks<ddpm::TrainerHooks>();
@@ -349,6 +355,13 @@ class Distributed {
     if constexpr (detail::dist_has_local_rank<Hooks>::value) h.local_rank = local_rank();
     if constexpr (detail::dist_has_allreduce_sum<Hooks>::value) {
       h.allreduce_sum = [this](double v) { return allreduce_sum(v); };
+    }
+    if constexpr (detail::dist_has_allreduce_sum_tensor<Hooks>::value) {
+      h.allreduce_sum_tensor = [this](const torch::Tensor& t) {
+        std::vector<torch::Tensor> v{t.to(device_, torch::kFloat64).contiguous().clone()};
+        allreduce_sum_(v);
+        return v[0].to(torch::kCPU);
+      };
     }
     return h;
   }

@@ -13,7 +13,7 @@
 
 TEST_CASE("TrainConfig: every declared key is read, written and documented", "[train][config]") {
   const auto keys = ddpm::detail::field_keys<ddpm::TrainConfig>();
-  CHECK(keys.size() == 34);
+  CHECK(keys.size() == 39);
   CHECK(std::set<std::string>(keys.begin(), keys.end()).size() == keys.size());
   const nlohmann::json defaults = ddpm::TrainConfig{};
   CHECK(defaults.size() == keys.size());
@@ -78,7 +78,10 @@ TEST_CASE("TrainConfig: ranges and choices come from the field list, errors name
   CHECK(err({{"image_size", 2}}) == "ddpm: training config: \"image_size\" must be >= 4, got 2");
   CHECK_THAT(err({{"dataset", "imagenet"}}),
              Catch::Contains("\"dataset\" must be one of \"auto\", \"cifar10\"") && Catch::Contains("got \"imagenet\""));
-  CHECK_THAT(err({{"sampler", "euler"}}), Catch::Contains("\"sampler\" must be one of \"ddpm\", \"ddim\", \"dpm++\""));
+  CHECK_THAT(err({{"sampler", "bogus"}}), Catch::Contains("\"sampler\" must be one of \"ddpm\", \"ddim\", \"dpm++\""));
+  CHECK_THAT(err({{"eval_sampler", "bogus"}}), Catch::Contains("\"eval_sampler\" must be one of \"\", \"ddpm\""));
+  CHECK(err({{"eval_sampler", "euler"}}) == "no error");
+  CHECK(err({{"eval_every", -1}}) == "ddpm: training config: \"eval_every\" must be >= 0, got -1");
   CHECK_THAT(err({{"device", "tpu"}}), Catch::Contains("\"device\"") && Catch::Contains("\"auto\", \"cpu\", \"cuda\""));
   CHECK_THAT(err({{"learning_rate", 1}}),
              Catch::Contains("unknown key \"learning_rate\"") && Catch::Contains("known keys: dataset, data_dir"));

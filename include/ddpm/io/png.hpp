@@ -219,10 +219,12 @@ inline std::string short_number(double v) {
 /// Draws a training-loss curve as a PNG of `width` x `height`: the raw losses
 /// (light) and a bias-corrected moving average of log(loss) (dark) against
 /// the step, on a logarithmic loss axis with decade grid lines and labels.
-/// Non-finite or non-positive losses are skipped. Throws ddpm::Error when
+/// Non-finite or non-positive losses are skipped; `title` is written above the plot (the
+/// trainer also draws its evaluation distance with it). Throws ddpm::Error when
 /// `steps` and `losses` differ in length.
 inline void save_loss_curve(const std::string& path, const std::vector<double>& steps,
-                            const std::vector<double>& losses, int width = 800, int height = 450) {
+                            const std::vector<double>& losses, int width = 800, int height = 450,
+                            const std::string& title = "training loss (log scale) vs step") {
   if (steps.size() != losses.size()) {
     throw Error("save_loss_curve: " + std::to_string(steps.size()) + " steps but " +
                 std::to_string(losses.size()) + " losses");
@@ -236,7 +238,7 @@ inline void save_loss_curve(const std::string& path, const std::vector<double>& 
   for (size_t i = 0; i < steps.size(); ++i) {
     if (std::isfinite(losses[i]) && losses[i] > 0 && std::isfinite(steps[i])) pts.emplace_back(steps[i], losses[i]);
   }
-  cv.text(left, 8, "training loss (log scale) vs step", black);
+  cv.text(left, 8, title, black);
   if (!pts.empty()) {
     double xmin = pts.front().first, xmax = pts.front().first, lmin = 1e300, lmax = -1e300;
     for (const auto& p : pts) {

@@ -7,6 +7,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <torch/nn/module.h>
+#include <torch/types.h>
 
 #include <cmath>
 #include <cstdint>
@@ -38,6 +39,11 @@ struct TrainerHooks {
   /// world_size > 1: each rank decides alone (a NaN on one rank then leaves the others
   /// waiting in average_gradients until their timeout).
   std::function<double(double)> allreduce_sum;
+  /// Element-wise sum of a float64 CPU tensor over the ranks (collective; returns a new CPU
+  /// tensor). Used by evaluation during training to merge the ranks' feature statistics
+  /// (FeatureStats::pack) with one call. Unset with world_size > 1: each rank's evaluation
+  /// then scores only its own share of the samples (rank 0's is logged).
+  std::function<torch::Tensor(const torch::Tensor&)> allreduce_sum_tensor;
 
   /// True when the ranks make their decisions together (world_size > 1 with allreduce_sum).
   bool collective() const { return world_size > 1 && static_cast<bool>(allreduce_sum); }

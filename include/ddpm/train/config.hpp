@@ -39,6 +39,12 @@ inline const EnumNames<LrSchedule>& lr_schedule_names() {
 }
 /// The samplers the trainer's sample grids can use: every name the sampler registry accepts.
 inline std::vector<std::string> grid_sampler_choices() { return sampler_names(); }
+/// The evaluation samplers: the registry's names, or "" for the grid sampler.
+inline std::vector<std::string> eval_sampler_choices() {
+  auto names = sampler_names();
+  names.insert(names.begin(), "");
+  return names;
+}
 }  // namespace detail
 
 DDPM_JSON_ENUM(OptimizerKind, detail::optimizer_kind_names, "optimizer")
@@ -86,6 +92,12 @@ struct TrainConfig {
   int64_t sample_steps = 50;
   int64_t checkpoint_every = 1000;
   int keep_checkpoints = 3;
+  // --- evaluation during training (train/trainer.hpp; docs/evaluation.md)
+  int64_t eval_every = 0;
+  int64_t eval_samples = 1000;
+  int64_t eval_steps = 20;
+  std::string eval_sampler = "dpmpp_2m";
+  int64_t eval_batch_size = 250;
 
   /// The one list of the fields: JSON key, help, range / choices and command-line flag.
   template <typename Self, typename V>
@@ -139,6 +151,19 @@ struct TrainConfig {
     f(S{"checkpoint_every", "checkpoint every N steps (0 = only at the end / on interruption)", at_least(0)},
       c.checkpoint_every);
     f(S{"keep_checkpoints", "how many checkpoints to keep", above(0)}, c.keep_checkpoints);
+    f(S{"eval_every",
+        "score EMA samples (FD-fmnist, KID; needs 1-channel 28/32 px images) every N steps and at the end, "
+        "keeping best.pt (0 = off)",
+        at_least(0)},
+      c.eval_every);
+    f(S{"eval_samples", "images generated per evaluation (over all ranks; the FD wants > 10x its 128 feature dims)",
+        at_least(2)},
+      c.eval_samples);
+    f(S{"eval_steps", "denoising steps for the evaluation samples", above(0)}, c.eval_steps);
+    f(S{"eval_sampler", "sampler for the evaluation samples (\"\" = the grid sampler)", {},
+        &detail::eval_sampler_choices},
+      c.eval_sampler);
+    f(S{"eval_batch_size", "images per generation batch during evaluation", above(0)}, c.eval_batch_size);
   }
 };
 

@@ -1,6 +1,8 @@
 #pragma once
 /// A run's metrics: out_dir/metrics.jsonl (one JSON object per log interval: step, loss,
-/// lr, img_per_s, time, grad_norm) and the loss curve out_dir/loss.png drawn from it.
+/// lr, img_per_s, time, grad_norm; and one per evaluation: {"step", "eval": EvalResult JSON})
+/// and the curves drawn from it: out_dir/loss.png (loss) and out_dir/eval.png (the evaluation
+/// distance, when the run evaluates).
 #include <ddpm/io/png.hpp>
 
 #include <nlohmann/json.hpp>
@@ -35,9 +37,16 @@ class MetricsLog {
         const auto j = nlohmann::json::parse(line);
         const int64_t s = j.at("step").get<int64_t>();
         if (s > step) break;
+        if (j.contains("eval")) {
+          const auto& e = j.at("eval");
+          eval_steps_.push_back(static_cast<double>(s));
+          eval_values_.push_back(e.contains("fd") && e.at("fd").is_number() ? e.at("fd").get<double>() : NAN);
+          if (e.contains("metric") && e.at("metric").is_string()) eval_metric_ = e.at("metric").get<std::string>();
+        } else {
+          steps_.push_back(static_cast<double>(s));
+          losses_.push_back(j.at("loss").get<double>());
+        }
         keep.push_back(line);
-        steps_.push_back(static_cast<double>(s));
-        losses_.push_back(j.at("loss").get<double>());
       } catch (const std::exception&) {
         break;  // a torn last line
       }
@@ -58,9 +67,28 @@ class MetricsLog {
     out << j.dump() << '\n';
   }
 
-  /// Redraws loss.png.
+  /// Appends one evaluation line {"step": step, "eval": result} (result: EvalResult::to_json(),
+  /// whose "fd" (null when not finite) and "metric" are plotted in eval.png).
+  void append_eval(int64_t step, const nlohmann::ordered_json& result) {
+    eval_steps_.push_back(static_cast<double>(step));
+    eval_values_.push_back(result.contains("fd") && result.at("fd").is_number() ? result.at("fd").get<double>() : NAN);
+    if (result.contains("metric") && result.at("metric").is_string()) eval_metric_ = result.at("metric").get<std::string>();
+    if (!write_) return;
+    nlohmann::ordered_json j;
+    j["step"] = step;
+    j["eval"] = result;
+    std::ofstream out(jsonl_path(), std::ios::app);
+    out << j.dump() << '\n';
+  }
+
+  /// Redraws loss.png (and eval.png when there are evaluations).
   void write_curve() const {
-    if (write_) save_loss_curve((std::filesystem::path(dir_) / "loss.png").string(), steps_, losses_);
+    if (!write_) return;
+    save_loss_curve((std::filesystem::path(dir_) / "loss.png").string(), steps_, losses_);
+    if (!eval_steps_.empty()) {
+      save_loss_curve((std::filesystem::path(dir_) / "eval.png").string(), eval_steps_, eval_values_, 800, 450,
+                      eval_metric_ + " of the EMA samples (log scale) vs step");
+    }
   }
 
   std::string jsonl_path() const { return dir_ + "/metrics.jsonl"; }
@@ -69,6 +97,8 @@ class MetricsLog {
   std::string dir_;
   bool write_;
   std::vector<double> steps_, losses_;
+  std::vector<double> eval_steps_, eval_values_;
+  std::string eval_metric_ = "FD";
 };
 
 }  // namespace ddpm

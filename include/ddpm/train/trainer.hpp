@@ -17,12 +17,22 @@
 /// checkpoint in out_dir (checked). Stops are collective (allreduce_sum hook): a
 /// non-finite loss, SIGINT/SIGTERM or the time limit on ANY rank stops ALL ranks at
 /// the same step; the logged loss is the mean over the ranks.
+///
+/// Evaluation during training (eval_every > 0): every eval_every steps and at the end the
+/// EMA model generates eval_samples images through the Pipeline from a fixed seed, scored
+/// against the committed Fashion-MNIST test statistics (FD-fmnist, KID, class histogram;
+/// eval/evaluate.hpp). One {"step", "eval"} line goes to metrics.jsonl, eval.png plots the FD,
+/// and out_dir/best.pt (a full checkpoint, outside the ckpt-<N>.pt rotation) + best.json hold
+/// the EMA weights with the lowest FD so far. Data parallel: each rank generates its share
+/// with its own seed and the ranks' feature statistics are merged by ONE allreduce
+/// (allreduce_sum_tensor hook) before rank 0 computes the FD; KID is computed on rank 0's share.
 #include <ddpm/data/loader.hpp>
 #include <ddpm/data/registry.hpp>
 #include <ddpm/data/transforms.hpp>
 #include <ddpm/detail/json_util.hpp>
 #include <ddpm/device.hpp>
 #include <ddpm/error.hpp>
+#include <ddpm/eval/evaluate.hpp>
 #include <ddpm/forward_diffuser.hpp>
 #include <ddpm/io/png.hpp>
 #include <ddpm/nn/unet.hpp>
@@ -57,6 +67,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <string>
 #include <thread>
@@ -92,6 +103,7 @@ class Trainer {
     setup_runtime();
     if (!data.images.defined()) data = dataset_registry().load(cfg_.dataset, cfg_.data_dir);
     setup_data(std::move(data));
+    setup_evaluation();
     setup_model();
     resume();
     check_ranks_agree_on_step(hooks_, step_,
@@ -255,6 +267,68 @@ class Trainer {
   /// Redraws out_dir/loss.png from the metrics so far.
   void write_loss_curve() { metrics_->write_curve(); }
 
+  /// Generates config().eval_samples images from the EMA model (over all ranks, from a fixed
+  /// seed) and scores them (see the header comment). Collective with data parallelism: every
+  /// rank must call it; the result is complete on rank 0 (other ranks: their own share's
+  /// counts only). Throws ddpm::Error when eval_every was not configured (no evaluator).
+  EvalResult evaluate() {
+    if (!evaluator_) throw Error("Trainer::evaluate: evaluation is off (set eval_every > 0)");
+    const auto t0 = std::chrono::steady_clock::now();
+    const int64_t world = hooks_.world_size, rank = hooks_.rank;
+    const int64_t total = cfg_.eval_samples;
+    const int64_t share = total / world + (rank < total % world ? 1 : 0);
+    auto gen = at::detail::createCPUGenerator(cfg_.seed + 0xe7a1ull + static_cast<uint64_t>(rank) * 0x9E3779B97F4A7C15ull);
+    const std::string sampler = cfg_.eval_sampler.empty() ? cfg_.sampler : cfg_.eval_sampler;
+    Pipeline pipe(ema_->ema.model(), make_sampler(scheduler_config(), sampler), device_);
+    const torch::Tensor images = pipe.generate(
+        share, gen,
+        GenerateOptions().num_inference_steps(cfg_.eval_steps).batch_size(cfg_.eval_batch_size).sample_size(cfg_.image_size));
+    FeatureNetwork& net = *evaluator_->net;
+    EvalOptions opts = evaluator_->options;
+    opts.allow_few_samples(true);  // small eval_samples: warned about once in setup_evaluation
+    if (world == 1 || !hooks_.allreduce_sum_tensor) {
+      EvalResult r = evaluate_samples(images, evaluator_->reference, net, opts);
+      r.wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      return r;
+    }
+    // Data parallel: merge [n, Σx, Σxxᵀ | class counts | Σ confidence] with one allreduce.
+    ExtractedFeatures ex = extract_features(net, images, opts.batch_size());
+    const int64_t d = net.dim();
+    const int64_t k = static_cast<int64_t>(ex.class_histogram.size());
+    torch::Tensor hist = torch::zeros({k}, torch::kFloat64);
+    for (int64_t i = 0; i < k; ++i) hist[i] = static_cast<double>(ex.class_histogram[static_cast<size_t>(i)]);
+    const double conf = std::isfinite(ex.mean_confidence) ? ex.mean_confidence * static_cast<double>(share) : 0.0;
+    const torch::Tensor packed = torch::cat({ex.stats.pack(), hist, torch::full({1}, conf, torch::kFloat64)});
+    const torch::Tensor sum = hooks_.allreduce_sum_tensor(packed).to(torch::kCPU, torch::kFloat64);
+    TORCH_CHECK(sum.numel() == packed.numel(), "Trainer::evaluate: allreduce_sum_tensor changed the size");
+    const FeatureStats merged = FeatureStats::unpack(sum.slice(0, 0, 1 + d + d * d), d);
+    const GaussianStats& ref = evaluator_->reference;
+    EvalResult r;
+    r.n = merged.count();
+    r.metric = net.metric();
+    r.features = net.name();
+    r.reference_n = ref.n;
+    r.fd = frechet_distance(merged.mean(), merged.covariance(), ref.mu, ref.sigma).distance;
+    if (ref.samples.defined() && ref.samples.size(0) >= 2 && ex.features.size(0) >= 2) {
+      // KID needs the feature rows: rank 0's share (an unbiased estimate from fewer samples).
+      double scale = 1.0;
+      if (net.normalize_kid()) scale = std::sqrt(ref.sigma.trace().item<double>() / static_cast<double>(d));
+      const KidResult kid = kernel_inception_distance(ex.features / scale, ref.samples / scale, opts.kid());
+      r.kid = kid.mean;
+      r.kid_std = kid.std;
+    }
+    for (int64_t i = 0; i < k; ++i) r.class_histogram.push_back(std::llround(sum[1 + d + d * d + i].item<double>()));
+    r.class_names = net.class_names();
+    if (k > 0 && r.n > 0) r.mean_confidence = sum[sum.numel() - 1].item<double>() / static_cast<double>(r.n);
+    r.wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return r;
+  }
+
+  /// Lowest evaluation distance so far (from out_dir/best.json after a resume; +inf when none)
+  /// and its step (-1 when none).
+  double best_eval_distance() const { return best_fd_; }
+  int64_t best_eval_step() const { return best_step_; }
+
   /// Calls `fn(trainer)` during run() every `every` steps (after that step's sample grid and
   /// checkpoint), e.g. a periodic evaluation; on every rank, so it may use collectives.
   void add_periodic_callback(int64_t every, std::function<void(Trainer&)> fn) {
@@ -344,6 +418,10 @@ class Trainer {
         save_checkpoint();
         if (hooks_.barrier) hooks_.barrier();
       }
+      if (cfg_.eval_every > 0 && (step_ % cfg_.eval_every == 0 || at_end)) {
+        if (bar) bar->finish();
+        run_evaluation();
+      }
       for (auto& cb : callbacks_) {
         if (step_ % cb.every == 0) cb.fn(*this);
       }
@@ -424,6 +502,70 @@ class Trainer {
   }
 
   int64_t data_channels() const { return loader_channels_; }
+
+  /// eval_every > 0: loads the committed classifier + test statistics, after checking that the
+  /// data fits it; restores the best distance from out_dir/best.json.
+  void setup_evaluation() {
+    if (cfg_.eval_every <= 0) return;
+    const int64_t c = data_channels(), size = cfg_.image_size;
+    if (c != 1 || (size != 28 && size != 32)) {
+      throw Error("training config: \"eval_every\" = " + std::to_string(cfg_.eval_every) +
+                  " scores samples with the Fashion-MNIST classifier's features, which need 1-channel 28x28 or "
+                  "32x32 images, but this run trains on " + std::to_string(c) + "-channel " + std::to_string(size) +
+                  "x" + std::to_string(size) + " images (" + dataset_name_ +
+                  "); set eval_every to 0 (--eval-every 0) to train without evaluation");
+    }
+    if (cfg_.eval_samples < hooks_.world_size) {
+      throw Error("training config: \"eval_samples\" = " + std::to_string(cfg_.eval_samples) + " is fewer than the " +
+                  std::to_string(hooks_.world_size) + " ranks; every rank generates at least one image");
+    }
+    evaluator_ = std::make_unique<Evaluator>(make_fmnist_evaluator());
+    evaluator_->net->to(device_);
+    if (cfg_.eval_samples <= evaluator_->net->dim()) {
+      log("warning: eval_samples = " + std::to_string(cfg_.eval_samples) + " <= the " +
+          std::to_string(evaluator_->net->dim()) + " feature dimensions: the " + evaluator_->net->metric() +
+          " is strongly biased (use > 10x that for numbers to compare)");
+    }
+    const std::string best_json = cfg_.out_dir + "/best.json";
+    if (detail::file_readable(best_json)) {
+      try {
+        const auto j = detail::read_json_file(best_json);
+        if (j.at("fd").is_number()) best_fd_ = j.at("fd").get<double>();
+        best_step_ = j.at("step").get<int64_t>();
+      } catch (const std::exception& e) {
+        log("warning: ignoring " + best_json + ": " + e.what());
+      }
+    }
+  }
+
+  /// One evaluation (all ranks): score, log to metrics.jsonl, redraw eval.png and keep best.pt.
+  void run_evaluation() {
+    const EvalResult r = evaluate();
+    if (!is_main()) return;
+    metrics_->append_eval(step_, r.to_json());
+    const bool better = std::isfinite(r.fd) && r.fd < best_fd_;
+    char buf[160];
+    std::snprintf(buf, sizeof buf, "eval step %lld: %s %.4g, KID %.4g (%lld samples, %.1f s)%s",
+                  static_cast<long long>(step_), r.metric.c_str(), r.fd, r.kid, static_cast<long long>(r.n),
+                  r.wall_seconds, better ? ", new best" : "");
+    log(buf);
+    if (better) {
+      torch::serialize::OutputArchive a;
+      write_training_state(a, state(), effective_config(), unet_options_, scheduler_config());
+      write_checkpoint_file(cfg_.out_dir + "/best.pt", a);
+      best_fd_ = r.fd;
+      best_step_ = step_;
+      nlohmann::ordered_json j;
+      j["step"] = step_;
+      j["metric"] = r.metric;
+      j["fd"] = r.fd;
+      j["kid"] = std::isfinite(r.kid) ? nlohmann::ordered_json(r.kid) : nlohmann::ordered_json();
+      j["n"] = r.n;
+      j["checkpoint"] = "best.pt";
+      detail::write_json_file(cfg_.out_dir + "/best.json", nlohmann::json::parse(j.dump()));
+    }
+    write_loss_curve();
+  }
 
   TrainingStateRef state() {
     return {*model_, ema_->ema, *optimizer_, step_, train_seconds_, loss_scale_, good_steps_, gen_};
@@ -507,6 +649,9 @@ class Trainer {
     std::function<void(Trainer&)> fn;
   };
   std::vector<Callback> callbacks_;
+  std::unique_ptr<Evaluator> evaluator_;
+  double best_fd_ = std::numeric_limits<double>::infinity();
+  int64_t best_step_ = -1;
   bool show_progress_ = true;
   ProgressBar* bar_ = nullptr;
 };
