@@ -166,7 +166,7 @@ TEST_CASE("eval: KID equals the recorded unbiased MMD and is reproducible", "[ev
                                                      ddpm::KidOptions().subset_size(300).dtype(torch::kFloat64));
   CHECK(whole.num_subsets == 1);
   const double exact = ddpm::polynomial_mmd2_unbiased(x.slice(0, 0, 300), y);
-  CHECK(whole.mean == Approx(exact).epsilon(1e-14));
+  CHECK(whole.mean == Approx(exact).epsilon(1e-12));  // float64 sums of 90k kernel values, in another order
   const auto whole32 = ddpm::kernel_inception_distance(x.slice(0, 0, 300), y, ddpm::KidOptions().subset_size(300));
   CHECK(std::abs(whole32.mean - exact) < 1e-6);  // kernel values are O(1) here
   const torch::Tensor sx = fx("small.x"), sy = fx("small.y");

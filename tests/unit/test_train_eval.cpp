@@ -230,7 +230,7 @@ TEST_CASE("Rank-parallel evaluation merges the ranks' statistics into the FD of 
   // (a rank missing, moments not summed) is off by percent.
   CHECK(r0.fd == Approx(whole.fd).epsilon(1e-6));
   CHECK(r0.class_histogram == whole.class_histogram);
-  CHECK(r0.mean_confidence == Approx(whole.mean_confidence).epsilon(1e-9));
+  CHECK(r0.mean_confidence == Approx(whole.mean_confidence).epsilon(1e-6));  // float32 softmax, batches 4+3 vs 7
   // Both ranks see the merged statistics.
   CHECK(r1.fd == Approx(r0.fd).epsilon(1e-12));
 }
