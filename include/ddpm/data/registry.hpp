@@ -121,12 +121,12 @@ inline DatasetRegistry builtin_datasets() {
   DatasetRegistry r;
   r.add({"cifar10", {"cifar-10"}, [](const std::string& p) { return !find_cifar10(p).empty(); },
          [](const std::string& p, bool train) { return load_cifar10(p, train); },
-         cifar10_download_hint()});
+         cifar10_download_hint(), {}});
   r.add({"fashion-mnist", {"fashion_mnist", "fashionmnist"},
          [](const std::string& p) { return has_idx_dataset(p) && detail::path_mentions(p, "fashion"); },
-         [](const std::string& p, bool train) { return load_mnist_dir(p, train, "fashion-mnist"); }, idx_hint});
+         [](const std::string& p, bool train) { return load_mnist_dir(p, train, "fashion-mnist"); }, idx_hint, {}});
   r.add({"mnist", {}, [](const std::string& p) { return has_idx_dataset(p); },
-         [](const std::string& p, bool train) { return load_mnist_dir(p, train, "mnist"); }, ""});
+         [](const std::string& p, bool train) { return load_mnist_dir(p, train, "mnist"); }, "", {}});
   r.add({"folder", {"image-folder", "imagefolder"}, folder_has_images,
          [](const std::string& p, bool train) { return load_image_folder(p, train); }, image_folder_hint(),
          load_image_folder});
