@@ -398,6 +398,9 @@ TEST_CASE("Streaming BatchLoader: batches are the stream's images, the same with
       CHECK(torch::equal(b.images, want[static_cast<size_t>(s)].images));
       CHECK(torch::equal(*b.labels, *want[static_cast<size_t>(s)].labels));
     }
+    l->start(4);  // a resume mid-sequence sees the same batches
+    CHECK(torch::equal(l->next().images, want[4].images));
+    CHECK(torch::equal(l->next().images, want[5].images));
   }
   // Batch 0 holds the images of indices(0), in [-1, 1], with the labels of their folders.
   const auto b0 = want[0];
