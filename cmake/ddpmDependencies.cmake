@@ -10,21 +10,25 @@
 
 # stb (Debian: libstb-dev, headers in /usr/include/stb/): <ddpm/io/png.hpp> includes
 # <stb/stb_image_write.h> and <stb/stb_easy_font.h>; <ddpm/train/trainer.hpp> and the
-# umbrella <ddpm/ddpm.hpp> include <ddpm/io/png.hpp>.
+# umbrella <ddpm/ddpm.hpp> include <ddpm/io/png.hpp>. <ddpm/data/folder.hpp> (the folder
+# dataset, registered by <ddpm/data/registry.hpp>) decodes PNG/JPEG/BMP with
+# <stb/stb_image.h> when it is there (without it the folder dataset says what to install).
 # Result: DDPM_STB_FOUND, DDPM_STB_INCLUDE_DIR (the directory holding stb/), DDPM_STB_MESSAGE.
 macro(ddpm_find_stb)
   find_path(DDPM_STB_INCLUDE_DIR NAMES stb/stb_image_write.h
-    DOC "Directory holding stb/stb_image_write.h and stb/stb_easy_font.h (Debian: libstb-dev)")
+    DOC "Directory holding stb/stb_image_write.h, stb/stb_easy_font.h and stb/stb_image.h (Debian: libstb-dev)")
   if(DDPM_STB_INCLUDE_DIR AND EXISTS "${DDPM_STB_INCLUDE_DIR}/stb/stb_image_write.h"
-     AND EXISTS "${DDPM_STB_INCLUDE_DIR}/stb/stb_easy_font.h")
+     AND EXISTS "${DDPM_STB_INCLUDE_DIR}/stb/stb_easy_font.h"
+     AND EXISTS "${DDPM_STB_INCLUDE_DIR}/stb/stb_image.h")
     set(DDPM_STB_FOUND TRUE)
     set(DDPM_STB_MESSAGE "")
   else()
     set(DDPM_STB_FOUND FALSE)
     string(CONCAT DDPM_STB_MESSAGE
-      "stb not found (no stb/stb_image_write.h and stb/stb_easy_font.h under "
+      "stb not found (no stb/stb_image_write.h, stb/stb_easy_font.h and stb/stb_image.h under "
       "DDPM_STB_INCLUDE_DIR='${DDPM_STB_INCLUDE_DIR}'). <ddpm/io/png.hpp>, and through it "
-      "<ddpm/train/trainer.hpp> and the umbrella <ddpm/ddpm.hpp>, need it: install libstb-dev "
+      "<ddpm/train/trainer.hpp> and the umbrella <ddpm/ddpm.hpp>, need it, and the folder "
+      "dataset (<ddpm/data/folder.hpp>) decodes images with it: install libstb-dev "
       "(Debian/Ubuntu) or set DDPM_STB_INCLUDE_DIR to the directory that holds stb/.")
   endif()
 endmacro()

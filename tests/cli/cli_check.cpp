@@ -4,13 +4,22 @@
 //   cli_check png FILE WIDTH HEIGHT     a valid PNG (signature, IHDR + CRC) of that size
 //   cli_check make-idx DIR N [TRUNCATE] tiny gzip'd MNIST-style dataset of N 28x28 images
 //                                       (TRUNCATE: cut the images file by that many bytes)
+//   cli_check make-folder DIR N SIZE [BAD]
+//       a folder dataset of N images in two class subfolders, circles/ and squares/: a bright
+//       disc or square on a dark background, every 4th a JPEG, every 3rd grayscale; SIZE x SIZE
+//       pixels, or (SIZE 0) sizes that vary from 20x28 to 44x44. BAD 1 adds squares/zz_truncated.png,
+//       a PNG cut in half (its header is fine, its pixel data is not).
 // Exit status 0 when the check passes, 1 with a message otherwise.
+#include <ddpm/io/png.hpp>
 #include <ddpm/io/safetensors.hpp>
 
 #include <zlib.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -92,6 +101,52 @@ int make_idx(const std::string& dir, int n, int truncate) {
   return 0;
 }
 
+int make_folder(const std::string& dir, int n, int size, int bad) {
+  namespace fs = std::filesystem;
+  fs::create_directories(dir + "/circles");
+  fs::create_directories(dir + "/squares");
+  std::vector<uint8_t> bytes;
+  for (int i = 0; i < n; ++i) {
+    const bool square = i % 2 == 1;
+    const int h = size > 0 ? size : 20 + 8 * (i % 4), w = size > 0 ? size : 28 + 8 * (i % 3);
+    const int comp = i % 3 == 0 ? 1 : 3;
+    const double cy = h * (0.3 + 0.4 * ((i * 7) % 10) / 10.0), cx = w * (0.3 + 0.4 * ((i * 3) % 10) / 10.0);
+    const double r = std::min(h, w) * 0.25;
+    std::vector<uint8_t> px(static_cast<size_t>(h * w * comp));
+    for (int y = 0; y < h; ++y) {
+      for (int x = 0; x < w; ++x) {
+        const double dy = y + 0.5 - cy, dx = x + 0.5 - cx;
+        const bool in = square ? (std::abs(dy) < r && std::abs(dx) < r) : (dy * dy + dx * dx < r * r);
+        for (int c = 0; c < comp; ++c) {
+          px[static_cast<size_t>((y * w + x) * comp + c)] =
+              static_cast<uint8_t>(in ? 200 + 20 * c - (i % 5) * 7 : 20 + c * 10 + (x + y) % 8);
+        }
+      }
+    }
+    bytes.clear();
+    const bool jpeg = i % 4 == 3;
+    const int ok = jpeg ? stbi_write_jpg_to_func(&ddpm::detail::png_append, &bytes, w, h, comp, px.data(), 90)
+                        : stbi_write_png_to_func(&ddpm::detail::png_append, &bytes, w, h, comp, px.data(), w * comp);
+    if (!ok) return fail("cannot encode image " + std::to_string(i));
+    char name[64];
+    std::snprintf(name, sizeof name, "/%s/img-%06d.%s", square ? "squares" : "circles", i, jpeg ? "jpg" : "png");
+    std::ofstream f(dir + name, std::ios::binary);
+    f.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+    if (!f) return fail(std::string("cannot write ") + dir + name);
+  }
+  if (bad) {
+    std::vector<uint8_t> noisy(48 * 48 * 3);
+    for (size_t k = 0; k < noisy.size(); ++k) noisy[k] = static_cast<uint8_t>((k * 2654435761u) >> 13);
+    bytes.clear();
+    stbi_write_png_to_func(&ddpm::detail::png_append, &bytes, 48, 48, 3, noisy.data(), 48 * 3);
+    bytes.resize(bytes.size() / 2);
+    std::ofstream f(dir + "/squares/zz_truncated.png", std::ios::binary);
+    f.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  }
+  std::printf("wrote %d images to %s\n", n, dir.c_str());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -100,9 +155,13 @@ int main(int argc, char** argv) {
     if (cmd == "compare" && argc == 7) return compare(argv[2], argv[3], argv[4], argv[5], std::atof(argv[6]));
     if (cmd == "png" && argc == 5) return png(argv[2], std::atoi(argv[3]), std::atoi(argv[4]));
     if (cmd == "make-idx" && (argc == 4 || argc == 5)) return make_idx(argv[2], std::atoi(argv[3]), argc == 5 ? std::atoi(argv[4]) : 0);
+    if (cmd == "make-folder" && (argc == 5 || argc == 6)) {
+      return make_folder(argv[2], std::atoi(argv[3]), std::atoi(argv[4]), argc == 6 ? std::atoi(argv[5]) : 0);
+    }
   } catch (const std::exception& e) {
     return fail(e.what());
   }
-  std::fprintf(stderr, "usage: cli_check compare A NAME E NAME TOL | png FILE W H | make-idx DIR N [TRUNCATE]\n");
+  std::fprintf(stderr, "usage: cli_check compare A NAME E NAME TOL | png FILE W H | make-idx DIR N [TRUNCATE] | "
+                       "make-folder DIR N SIZE [BAD]\n");
   return 2;
 }

@@ -284,7 +284,7 @@ TEST_CASE("BatchLoader: deterministic, disjoint shards per rank, prefetch equals
 
 TEST_CASE("Dataset registry: names, detection, labels and class names, errors listing the names", "[data][registry]") {
   const auto& reg = ddpm::dataset_registry();
-  CHECK(reg.names() == std::vector<std::string>{"cifar10", "fashion-mnist", "mnist"});
+  CHECK(reg.names() == std::vector<std::string>{"cifar10", "fashion-mnist", "mnist", "folder"});
   CHECK(&reg.get("cifar-10") == &reg.get("cifar10"));  // alias
   CHECK(ddpm::dataset_choices().front() == "auto");
   CHECK_THROWS_WITH(reg.get("imagenet"),

@@ -13,7 +13,7 @@
 
 TEST_CASE("TrainConfig: every declared key is read, written and documented", "[train][config]") {
   const auto keys = ddpm::detail::field_keys<ddpm::TrainConfig>();
-  CHECK(keys.size() == 39);
+  CHECK(keys.size() == 44);
   CHECK(std::set<std::string>(keys.begin(), keys.end()).size() == keys.size());
   const nlohmann::json defaults = ddpm::TrainConfig{};
   CHECK(defaults.size() == keys.size());
@@ -37,12 +37,23 @@ TEST_CASE("TrainConfig: every declared key is read, written and documented", "[t
   c.mixed_precision = ddpm::MixedPrecision::BF16;
   c.sampler = "dpm++";
   c.keep_checkpoints = 9;
+  c.loader_threads = 7;
+  c.color_mode = ddpm::ColorMode::Grayscale;
+  c.folder_labels = ddpm::FolderLabels::None;
+  c.folder_crop = ddpm::CropMode::Random;
+  c.on_bad_image = ddpm::BadImagePolicy::Skip;
   const nlohmann::json j = c;
   const auto back = j.get<ddpm::TrainConfig>();
   CHECK(nlohmann::json(back) == j);
   CHECK(back.seed == (1ull << 40));
   CHECK(back.mixed_precision == ddpm::MixedPrecision::BF16);
   CHECK(j.at("time_limit_minutes") == 1.5);
+  CHECK(j.at("color_mode") == "grayscale");
+  CHECK(j.at("folder_labels") == "none");
+  CHECK(j.at("folder_crop") == "random");
+  CHECK(j.at("on_bad_image") == "skip");
+  CHECK(back.on_bad_image == ddpm::BadImagePolicy::Skip);
+  CHECK(back.loader_threads == 7);
 
   // A null value keeps the default; a partial object fills in the rest.
   const auto partial = nlohmann::json({{"steps", 5}, {"lr", nullptr}}).get<ddpm::TrainConfig>();

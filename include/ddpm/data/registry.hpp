@@ -1,10 +1,12 @@
 #pragma once
 /// The datasets the trainer can read, by name. A dataset is a reader (data/cifar10.hpp,
-/// data/idx.hpp, ...) plus one registration line in builtin_datasets() below (or a call to
-/// dataset_registry().add(...) from user code): its name, aliases, a predicate that
-/// recognises its files in a folder, and a loader returning images, labels and class names.
+/// data/idx.hpp, data/folder.hpp, ...) plus one registration line in builtin_datasets() below
+/// (or a call to dataset_registry().add(...) from user code): its name, aliases, a predicate
+/// that recognises its files in a folder, and a loader returning images (in memory, or a
+/// stream decoded on demand), labels and class names.
 #include <ddpm/data/cifar10.hpp>
 #include <ddpm/data/dataset.hpp>
+#include <ddpm/data/folder.hpp>
 #include <ddpm/data/idx.hpp>
 #include <ddpm/detail/fields.hpp>
 #include <ddpm/error.hpp>
@@ -32,6 +34,9 @@ struct DatasetInfo {
   std::function<ImageData(const std::string& path, bool train)> load;
   /// Where to get it (appended to "not found" errors).
   std::string hint;
+  /// Optional: a loader that takes the DatasetOptions (training size, crop, colour, labels,
+  /// bad files); used instead of `load` when set.
+  std::function<ImageData(const std::string& path, bool train, const DatasetOptions& options)> load_with_options;
 };
 
 namespace detail {
@@ -91,10 +96,12 @@ class DatasetRegistry {
     throw Error(msg);
   }
 
-  /// Loads the training (or test) split of dataset `name` ("auto": detected) from `path`.
-  ImageData load(const std::string& name, const std::string& path, bool train = true) const {
+  /// Loads the training (or test) split of dataset `name` ("auto": detected) from `path`;
+  /// `options` reach the datasets that take them (load_with_options).
+  ImageData load(const std::string& name, const std::string& path, bool train = true,
+                 const DatasetOptions& options = {}) const {
     const DatasetInfo& d = name == "auto" ? detect(path) : get(name);
-    ImageData data = d.load(path, train);
+    ImageData data = d.load_with_options ? d.load_with_options(path, train, options) : d.load(path, train);
     data.name = d.name;
     return data;
   }
@@ -104,7 +111,9 @@ class DatasetRegistry {
 };
 
 /// The built-in datasets, one line each. Fashion-MNIST and MNIST share a file layout:
-/// a folder whose path mentions "fashion" is Fashion-MNIST, any other is MNIST.
+/// a folder whose path mentions "fashion" is Fashion-MNIST, any other is MNIST. "folder"
+/// comes last, so detection prefers the formats above and picks it for any other folder
+/// that holds PNG, JPEG or BMP files.
 inline DatasetRegistry builtin_datasets() {
   const std::string idx_hint =
       "train-images-idx3-ubyte[.gz] and train-labels-idx1-ubyte[.gz]; Fashion-MNIST comes with Debian's "
@@ -112,12 +121,15 @@ inline DatasetRegistry builtin_datasets() {
   DatasetRegistry r;
   r.add({"cifar10", {"cifar-10"}, [](const std::string& p) { return !find_cifar10(p).empty(); },
          [](const std::string& p, bool train) { return load_cifar10(p, train); },
-         cifar10_download_hint()});
+         cifar10_download_hint(), {}});
   r.add({"fashion-mnist", {"fashion_mnist", "fashionmnist"},
          [](const std::string& p) { return has_idx_dataset(p) && detail::path_mentions(p, "fashion"); },
-         [](const std::string& p, bool train) { return load_mnist_dir(p, train, "fashion-mnist"); }, idx_hint});
+         [](const std::string& p, bool train) { return load_mnist_dir(p, train, "fashion-mnist"); }, idx_hint, {}});
   r.add({"mnist", {}, [](const std::string& p) { return has_idx_dataset(p); },
-         [](const std::string& p, bool train) { return load_mnist_dir(p, train, "mnist"); }, ""});
+         [](const std::string& p, bool train) { return load_mnist_dir(p, train, "mnist"); }, "", {}});
+  r.add({"folder", {"image-folder", "imagefolder"}, folder_has_images,
+         [](const std::string& p, bool train) { return load_image_folder(p, train); }, image_folder_hint(),
+         load_image_folder});
   return r;
 }
 

@@ -1,6 +1,6 @@
 #pragma once
 /// Reading image samples to score (optional header: needs Debian's libstb-dev for stb_image,
-/// compiled in with static linkage like <ddpm/io/png.hpp>; not part of ddpm.hpp):
+/// compiled in with static linkage by <ddpm/detail/stb_image.hpp>; not part of ddpm.hpp):
 ///  - a folder of PNGs (sorted by file name; all of one size and channel count),
 ///  - a PNG grid written by save_image_grid (tiles of a given size separated by `padding` pixels),
 ///  - a safetensors tensor [N, C, H, W] in [-1, 1] (e.g. sample --output-tensor).
@@ -16,23 +16,9 @@
 #include <string>
 #include <vector>
 
-#if defined(__GNUC__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wunused-function"
-#pragma GCC diagnostic ignored "-Wsign-compare"
-#pragma GCC diagnostic ignored "-Wunused-parameter"
-#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
-#endif
-#ifndef DDPM_STB_IMAGE_INCLUDED
-#define DDPM_STB_IMAGE_INCLUDED 1
-#define STB_IMAGE_STATIC
-#define STB_IMAGE_IMPLEMENTATION
-#define STBI_ONLY_PNG
-#include <stb/stb_image.h>
-#undef STB_IMAGE_IMPLEMENTATION
-#endif
-#if defined(__GNUC__)
-#pragma GCC diagnostic pop
+#include <ddpm/detail/stb_image.hpp>
+#if !DDPM_HAS_STB_IMAGE
+#error "<ddpm/eval/sample_io.hpp> needs stb's <stb/stb_image.h>: install libstb-dev (Debian/Ubuntu), or set CMake's DDPM_STB_INCLUDE_DIR to the directory that holds stb/"
 #endif
 
 namespace ddpm {

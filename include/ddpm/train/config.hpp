@@ -59,6 +59,11 @@ struct TrainConfig {
   int64_t image_size = 32;
   bool random_flip = true;
   int prefetch = 2;
+  int loader_threads = 4;
+  ColorMode color_mode = ColorMode::Auto;
+  FolderLabels folder_labels = FolderLabels::Auto;
+  CropMode folder_crop = CropMode::Center;
+  BadImagePolicy on_bad_image = BadImagePolicy::Fail;
   // --- model
   nlohmann::json model = "seed";
   NoiseScheduleOptions schedule{};
@@ -108,10 +113,28 @@ struct TrainConfig {
     using S = detail::FieldSpec;
     f(S{"dataset", "dataset format; \"auto\" detects it from the files", {}, &dataset_choices}, c.dataset);
     f(S{"data_dir", "dataset folder (or a cifar-10-binary.tar.gz)", {}, nullptr, "data"}, c.data_dir);
-    f(S{"image_size", "images are padded (with the background value) to this size", at_least(4)}, c.image_size);
+    f(S{"image_size",
+        "training resolution: smaller in-memory images are padded (with the background value); folder images are "
+        "resized (short side, antialiased) and cropped to it",
+        at_least(4)},
+      c.image_size);
     f(S{"random_flip", "random horizontal flips (p = 0.5)"}, c.random_flip);
-    f(S{"prefetch", "batches prepared ahead by the loader thread (0 = load in the training thread)", at_least(0)},
+    f(S{"prefetch", "batches prepared ahead by the loader (0 = load in the training thread)", at_least(0)},
       c.prefetch);
+    f(S{"loader_threads", "worker threads decoding a streamed dataset (folder) ahead of training", at_least(1)},
+      c.loader_threads);
+    f(S{"color_mode",
+        "channels: auto (as stored; a folder is grayscale when every file is), rgb, or grayscale (ITU-R 601 luma)"},
+      c.color_mode);
+    f(S{"folder_labels",
+        "folder dataset: classes from the immediate subfolders (subfolders), none, or auto (subfolders when all "
+        "images are in 2+ subfolders)"},
+      c.folder_labels);
+    f(S{"folder_crop", "folder dataset: square cut after the short-side resize: center or random (seeded)"},
+      c.folder_crop);
+    f(S{"on_bad_image", "folder dataset: a file that cannot be decoded stops training (fail) or is skipped with a "
+        "warning (skip)"},
+      c.on_bad_image);
     f(S{"model",
         "UNet: \"seed\" (14.1M params), \"ddpm-cifar10\" (35.7M, Ho et al.), a UNet config .json (diffusers "
         "config.json format) or an inline UNet config object; channels follow the data"},
@@ -229,7 +252,20 @@ inline BatchLoaderOptions loader_options_of(const TrainConfig& c, int rank, int 
   lo.world_size = world_size;
   lo.random_flip = c.random_flip;
   lo.prefetch = c.prefetch;
+  lo.threads = c.loader_threads;
   return lo;
+}
+
+/// What the dataset reader of a run is asked for (the folder dataset's size, crop, colour,
+/// labels and bad-file policy).
+inline DatasetOptions dataset_options_of(const TrainConfig& c) {
+  DatasetOptions o;
+  o.image_size = c.image_size;
+  o.labels = c.folder_labels;
+  o.crop = c.folder_crop;
+  o.color = c.color_mode;
+  o.on_bad_image = c.on_bad_image;
+  return o;
 }
 
 }  // namespace ddpm

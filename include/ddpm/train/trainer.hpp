@@ -85,8 +85,8 @@ class Trainer {
   explicit Trainer(TrainConfig config, TrainerHooks hooks = {}, Log log = {})
       : Trainer(std::move(config), ImageData{}, std::move(hooks), std::move(log)) {}
 
-  /// Same, with the training images given (uint8 [N, C, H, W]); `data.images`
-  /// undefined = load from the config.
+  /// Same, with the training images given (uint8 [N, C, H, W], or a stream of images of
+  /// the training size); neither `data.images` nor `data.stream` = load from the config.
   Trainer(TrainConfig config, ImageData data, TrainerHooks hooks = {}, Log log = {})
       : cfg_(std::move(config)), hooks_(std::move(hooks)), log_(std::move(log)) {
     validate(cfg_);
@@ -101,7 +101,9 @@ class Trainer {
       };
     }
     setup_runtime();
-    if (!data.images.defined()) data = dataset_registry().load(cfg_.dataset, cfg_.data_dir);
+    if (!data.images.defined() && !data.stream) {
+      data = dataset_registry().load(cfg_.dataset, cfg_.data_dir, true, dataset_options_of(cfg_));
+    }
     setup_data(std::move(data));
     setup_evaluation();
     setup_model();
@@ -153,7 +155,9 @@ class Trainer {
       loader_->start(step_);
       loader_started_ = true;
     }
-    return train_step(loader_->next());
+    Batch batch = loader_->next();
+    log_loader_warnings();
+    return train_step(batch);
   }
 
   /// One optimizer step on unlabelled images `x0` (float [B, C, H, W] in [-1, 1]).
@@ -485,9 +489,31 @@ class Trainer {
   void setup_data(ImageData data) {
     dataset_name_ = data.name;
     class_names_ = data.class_names;
-    const torch::Tensor images = fit_to_size(data.images, cfg_.image_size);
+    const int64_t global_batch = cfg_.batch_size * hooks_.world_size;
+    if (data.size() < global_batch) {
+      throw Error("the " + std::to_string(data.size()) + " images of " + (data.name.empty() ? "the data" : data.name) +
+                  " (" + cfg_.data_dir + ") cannot fill one global batch of " + std::to_string(global_batch) +
+                  "; lower batch_size (--batch-size)");
+    }
+    const BatchLoaderOptions lo = loader_options_of(cfg_, hooks_.rank, hooks_.world_size);
+    if (data.stream) {
+      if (data.stream->image_size() != cfg_.image_size) {
+        throw Error("the streamed dataset " + data.name + " yields " + std::to_string(data.stream->image_size()) +
+                    "-pixel images, but image_size is " + std::to_string(cfg_.image_size));
+      }
+      loader_channels_ = data.stream->channels();
+      loader_ = std::make_unique<BatchLoader>(data.stream, lo, data.labels);
+      log_loader_warnings();
+      return;
+    }
+    const torch::Tensor images = fit_to_size(convert_color(data.images, cfg_.color_mode), cfg_.image_size);
     loader_channels_ = images.size(1);
-    loader_ = std::make_unique<BatchLoader>(images, loader_options_of(cfg_, hooks_.rank, hooks_.world_size), data.labels);
+    loader_ = std::make_unique<BatchLoader>(images, lo, data.labels);
+  }
+
+  /// Logs the loader's warnings (files skipped by a streamed dataset), from this thread.
+  void log_loader_warnings() {
+    for (const auto& w : loader_->take_warnings()) log("warning: " + w);
   }
 
   void setup_model() {
