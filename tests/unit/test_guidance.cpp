@@ -2,6 +2,7 @@
 // (tests/data/diffusers/cfg, tools/fixtures/cfg.py), scale 1 = the plain conditional model, the
 // batched cond/uncond call = two calls (with every sampler), rescale_noise_cfg, label dropping
 // at the p_uncond rate, conditional training + bit-identical resume, --class parsing and errors.
+#include "fixture_torch_version.hpp"
 #include "fixture_util.hpp"
 #include "test_util.hpp"
 
@@ -28,6 +29,12 @@ using ddpm_test::max_rel_err;
 using ddpm_test::require_error;
 
 namespace {
+
+// The fixtures come from torch 1.13: measured worst final-sample errors there (relative to max |x|)
+// are 6.0e-5 (ddim, s = 3), 3.3e-5 (ddim_rescale), 1.2e-5 (heun), 4.3e-7 (euler_a), i.e. the
+// UNet's ~1e-6 kernel differences amplified by s (c - u) over 6 steps. LibTorch 2.x kernels round
+// differently (see fixture_torch_version.hpp), so there the bound is the e2e tests' 1e-3.
+constexpr double kTrajTol = TORCH_VERSION_MAJOR >= 2 ? 1e-3 : 1e-4;
 
 const std::map<std::string, torch::Tensor>& cfg_tensors() {
   static const auto t = ddpm::load_safetensors(diffusers_fixture_path("cfg/trajectories.safetensors"));
@@ -97,7 +104,7 @@ TEST_CASE("Guided sampling reproduces diffusers' CFG trajectories (DDIM, rescale
     REQUIRE(errs.size() == ts.size());
     for (size_t i = 0; i < errs.size(); ++i) {
       INFO("step " << i);
-      CHECK(errs[i] < 1e-4);
+      CHECK(errs[i] < kTrajTol);
     }
 
     // The same through the Pipeline (its own batching, labels per image, no clamping).
@@ -111,7 +118,7 @@ TEST_CASE("Guided sampling reproduces diffusers' CFG trajectories (DDIM, rescale
     const auto images = pipe.generate_from(latents, ddpm_test::cpu_gen(seed), opts);
     const auto expected = tensors.at("final_" + name);
     CHECK(expected.abs().max().item<double>() == Approx(c.at("max_abs").get<double>()).epsilon(1e-6));
-    CHECK(max_rel_err(images, expected) < 1e-4);
+    CHECK(max_rel_err(images, expected) < kTrajTol);
     // Guidance changed the result: the unguided conditional trajectory ends elsewhere.
     const auto plain = pipe.generate_from(latents, ddpm_test::cpu_gen(seed), ddpm::GenerateOptions(opts).guidance_scale(1));
     CHECK(max_rel_err(plain, expected) > 1e-2);
