@@ -68,9 +68,13 @@ torch::Tensor generate(const std::string& model, int64_t n, int64_t batch, const
   const fs::path m(model);
   const bool diffusers = fs::exists(m / "model_index.json") || fs::exists(m / "diffusion_pytorch_model.safetensors") ||
                          fs::exists(m / "unet" / "config.json");
+  double guidance_scale = 1.0;  // class-conditional runs: the run's guidance_scale
   auto make_pipeline = [&]() {
     if (diffusers) return ddpm::Pipeline::from_diffusers(model, sampler_name, device);
     auto loaded = ddpm::load_training_checkpoint(model, device);
+    if (loaded.train_config.value("num_classes", int64_t{0}) > 0) {
+      guidance_scale = loaded.train_config.value("guidance_scale", 1.0);
+    }
     std::fprintf(stderr, "evaluate: checkpoint %s (step %lld, EMA weights)\n", loaded.path.c_str(),
                  static_cast<long long>(loaded.step));
     return ddpm::Pipeline(loaded.ema_model, ddpm::make_sampler(loaded.scheduler_config, sampler_name.empty() ? "ddim" : sampler_name),
@@ -79,7 +83,16 @@ torch::Tensor generate(const std::string& model, int64_t n, int64_t batch, const
   ddpm::Pipeline pipe = make_pipeline();
   auto gen = at::detail::createCPUGenerator(seed);
   int64_t reported = -1;
-  return pipe.generate(n, gen, ddpm::GenerateOptions().num_inference_steps(steps).batch_size(batch),
+  auto opts = ddpm::GenerateOptions().num_inference_steps(steps).batch_size(batch);
+  // A class-conditional model draws every class equally often (image i: class i mod K), guided.
+  if (const int64_t k = ddpm::guidance_num_classes(pipe.unet()->options); k > 0) {
+    std::vector<int64_t> labels(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) labels[static_cast<size_t>(i)] = i % k;
+    opts.class_labels(labels).guidance_scale(guidance_scale);
+    std::fprintf(stderr, "evaluate: class-conditional model: %lld classes in turn, guidance scale %g\n",
+                 static_cast<long long>(k), guidance_scale);
+  }
+  return pipe.generate(n, gen, opts,
                        [&](const ddpm::GenerateProgress& p) {
                          if (p.step == p.num_steps && p.batch_index != reported) {
                            reported = p.batch_index;

@@ -8,8 +8,16 @@
 // (model_index.json, unet/, scheduler/scheduler_config.json) or a flat one
 // (config.json, diffusion_pytorch_model.safetensors, scheduler_config.json); its
 // scheduler config governs the sampler, as diffusers' from_config does.
+//
+// Class-conditional models (num_class_embeds; train_cifar10 with num_classes):
+//   sample --checkpoint runs/fmnist-cond --class sneaker --guidance-scale 3 --out sneakers.png
+//   sample --checkpoint runs/fmnist-cond --class 0,2,4 --num-samples 3
+// --class takes an index, a class name recorded in the checkpoint, or one label per image;
+// without it the grid shows one class per row. --guidance-scale defaults to the run's
+// guidance_scale for checkpoints, 1 (no guidance) for diffusers folders.
 // Exit status: 0 ok, 2 bad flags / paths / files, 1 other failures.
 #include <ddpm/runtime.hpp>
+#include <ddpm/guidance.hpp>
 #include <ddpm/io/png.hpp>
 #include <ddpm/io/safetensors.hpp>
 #include <ddpm/pipeline.hpp>
@@ -50,10 +58,10 @@ int main(int argc, char** argv) {
       "final samples in model space as safetensors (--output-tensor).",
       "sample"};
   std::string checkpoint, diffusers, sampler_name, out = "samples.png", images_dir, latents_path, output_tensor,
-                                                    device_name = "auto";
+                                                    device_name = "auto", class_spec;
   int64_t steps = 50, num_samples = 16, nrow = 0, batch_size = 64;
   uint64_t seed = 0;
-  double eta = 0.0;
+  double eta = 0.0, guidance_scale = 1.0, guidance_rescale = 0.0;
   int threads = 0;
   auto* ckpt_opt = app.add_option("--checkpoint", checkpoint, "train_cifar10 checkpoint file (ckpt-N.pt), or a run directory (its newest checkpoint); samples its EMA weights")
                        ->check(CLI::ExistingPath);
@@ -91,6 +99,15 @@ int main(int argc, char** argv) {
   app.add_option("--eta", eta, "DDIM stochasticity: 0 deterministic (default), 1 DDPM-like")->check(CLI::Range(0.0, 10.0));
   app.add_option("--device", device_name, "auto (CUDA when available), cpu or cuda")
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
+  app.add_option("--class", class_spec,
+                 "class-conditional models: a class index or name (names from the checkpoint) for every image, or a "
+                 "comma-separated list with one per image (default: one class per grid row)");
+  app.add_option("--guidance-scale", guidance_scale,
+                 "classifier-free guidance scale (1 = none; default: the run's guidance_scale for a checkpoint, 1 "
+                 "otherwise)")
+      ->check(ddpm_examples::non_negative);
+  app.add_option("--guidance-rescale", guidance_rescale, "guidance rescale phi of diffusers' rescale_noise_cfg (default 0)")
+      ->check(CLI::Range(0.0, 1.0));
   app.add_option("--threads", threads, "CPU threads (0 = all cores)")->check(ddpm_examples::non_negative);
 
   if (const int rc = ddpm_examples::parse_args(app, argc, argv); rc >= 0) return rc;
@@ -121,10 +138,18 @@ int main(int argc, char** argv) {
   try {
     ddpm::UNet unet{nullptr};
     nlohmann::json scheduler_config;
+    std::vector<std::string> class_names;
+    bool run_scale = false;  // guidance_scale taken from the checkpoint's run
     if (!checkpoint.empty()) {
       auto loaded = ddpm::load_training_checkpoint(checkpoint, device);
       unet = loaded.ema_model;
       scheduler_config = loaded.scheduler_config;
+      class_names = loaded.class_names;
+      if (!app.count("--guidance-scale") && loaded.train_config.contains("guidance_scale") &&
+          loaded.train_config.value("num_classes", int64_t{0}) > 0) {
+        guidance_scale = loaded.train_config.at("guidance_scale").get<double>();
+        run_scale = true;
+      }
       if (sampler_name.empty()) sampler_name = "ddim";
       std::fprintf(stderr, "sample: checkpoint %s (step %lld)\n", loaded.path.c_str(),
                    static_cast<long long>(loaded.step));
@@ -143,7 +168,14 @@ int main(int argc, char** argv) {
     ddpm::Pipeline pipe(unet, std::move(sampler), device);
 
     auto gen = at::detail::createCPUGenerator(seed);
-    const auto opts = ddpm::GenerateOptions().num_inference_steps(steps).batch_size(batch_size).clamp(false);
+    auto opts = ddpm::GenerateOptions().num_inference_steps(steps).batch_size(batch_size).clamp(false);
+    const int64_t num_classes = ddpm::guidance_num_classes(pipe.unet()->options);
+    if (num_classes == 0 && !class_spec.empty()) {
+      return fail("--class " + class_spec + ": the model is not class-conditional (its UNet has no num_class_embeds)");
+    }
+    if (num_classes == 0 && app.count("--guidance-scale") && guidance_scale != 1.0) {
+      return fail("--guidance-scale needs a class-conditional model (its UNet has no num_class_embeds)");
+    }
     torch::Tensor latents;
     if (!latents_path.empty()) {
       const auto tensors = ddpm::load_safetensors(latents_path);
@@ -160,6 +192,14 @@ int main(int argc, char** argv) {
                     std::to_string(latents.size(0)) + " latents in '" + latents_path + "'");
       }
       num_samples = latents.size(0);
+    }
+    opts.class_labels(ddpm::sample_class_labels(class_spec, class_names, num_classes, num_samples, nrow));
+    if (num_classes > 0) {
+      opts.guidance_scale(guidance_scale).guidance_rescale(guidance_rescale);
+      std::fprintf(stderr, "sample: %s, guidance scale %g%s%s\n",
+                   class_spec.empty() ? "one class per row" : ("--class " + class_spec).c_str(), guidance_scale,
+                   run_scale ? " (the run's)" : "",
+                   guidance_rescale > 0 ? (", rescale " + ddpm::detail::format_number(guidance_rescale)).c_str() : "");
     }
     ddpm::ProgressBar bar(num_samples, 0, "sample");
     const auto progress = [&](const ddpm::GenerateProgress& p) {

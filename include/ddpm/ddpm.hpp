@@ -19,6 +19,7 @@
 #include <ddpm/samplers/dpm_solver.hpp>
 #include <ddpm/sampler.hpp>
 #include <ddpm/sample.hpp>
+#include <ddpm/guidance.hpp>
 #include <ddpm/pipeline.hpp>
 
 // Networks (diffusers UNet2DModel-compatible).

@@ -13,7 +13,15 @@
 /// whatever n is, and the images (on the CPU) are the only thing that grows with n. The images
 /// depend on the seed and on batch_size (stochastic samplers draw their step noise between
 /// batches' initial noise).
+///
+/// Class-conditional UNets (num_class_embeds): GenerateOptions::class_labels gives one label for
+/// every image or one per image; guidance_scale != 1 turns on classifier-free guidance (the
+/// conditional and unconditional outputs of a batch come from ONE UNet call on a doubled batch,
+/// so a guided batch of batch_size images runs the UNet on 2 x batch_size; see guidance.hpp).
+///
+///   pipe.generate(16, gen, GenerateOptions().class_labels({7}).guidance_scale(3));
 #include <ddpm/error.hpp>
+#include <ddpm/guidance.hpp>
 #include <ddpm/io/diffusers.hpp>
 #include <ddpm/nn/unet.hpp>
 #include <ddpm/sample.hpp>
@@ -52,6 +60,15 @@ struct GenerateOptions {
   TORCH_ARG(bool, clamp) = true;
   /// Spatial size H = W of the images; 0 takes the UNet's sample_size (32 if it has none).
   TORCH_ARG(int64_t, sample_size) = 0;
+  /// Class labels of a class-conditional UNet: one for every image, or one per image (n
+  /// entries); empty for an unconditional UNet. Labels index the class-embedding table; its
+  /// last row, num_class_embeds - 1, is the null (unconditional) class.
+  TORCH_ARG(std::vector<int64_t>, class_labels) = {};
+  /// Classifier-free guidance scale s: out = u + s (c - u). 1 = no guidance (the conditional
+  /// output, one UNet call of the batch); 0 = the unconditional output.
+  TORCH_ARG(double, guidance_scale) = 1.0;
+  /// diffusers' guidance_rescale phi (rescale_noise_cfg), in [0, 1]; applied only when guiding.
+  TORCH_ARG(double, guidance_rescale) = 0.0;
 };
 
 /// What a progress callback sees after every sampler step.
@@ -152,11 +169,61 @@ class Pipeline {
     if (opts.sample_size() < 0) {
       throw Error("Pipeline: sample_size must be >= 0, got " + std::to_string(opts.sample_size()));
     }
+    check_guidance(opts.guidance_scale(), opts.guidance_rescale(), "Pipeline");
+  }
+
+  /// The labels of n images (int64 [n], CPU), or an undefined tensor for an unconditional UNet;
+  /// throws ddpm::Error when they do not suit the UNet.
+  torch::Tensor resolve_labels(int64_t n, const GenerateOptions& opts) const {
+    const auto& o = unet_->options;
+    const std::string kind = o.class_conditioning();
+    const auto& l = opts.class_labels();
+    const bool guided = opts.guidance_scale() != 1.0;
+    if (kind == "none") {
+      if (!l.empty()) {
+        throw Error("Pipeline: class labels were given but the UNet is not class-conditional (no num_class_embeds)");
+      }
+      if (guided) {
+        throw Error("Pipeline: guidance_scale " + detail::format_number(opts.guidance_scale()) +
+                    " needs a class-conditional UNet (num_class_embeds); this one is unconditional");
+      }
+      return {};
+    }
+    if (kind == "identity") {
+      throw Error("Pipeline: class_embed_type \"identity\" takes embedding vectors, not class labels; call the UNet directly");
+    }
+    if (guided && kind != "embedding") {
+      throw Error("Pipeline: classifier-free guidance needs a class-embedding table (num_class_embeds) with a null class; "
+                  "this UNet has class_embed_type \"" + kind + "\"");
+    }
+    if (l.empty()) {
+      throw Error("Pipeline: the UNet is class-conditional" +
+                  (kind == "embedding" ? " (num_class_embeds " + std::to_string(*o.num_class_embeds()) + ", null class " +
+                                             std::to_string(o.null_class_label()) + ")"
+                                       : std::string()) +
+                  ": give class labels (GenerateOptions::class_labels)");
+    }
+    if (l.size() != 1 && static_cast<int64_t>(l.size()) != n) {
+      throw Error("Pipeline: " + std::to_string(l.size()) + " class labels for " + std::to_string(n) +
+                  " images; give one label for all or one per image");
+    }
+    if (kind == "embedding") {
+      for (const int64_t v : l) {
+        if (v < 0 || v >= *o.num_class_embeds()) {
+          throw Error("Pipeline: class label " + std::to_string(v) + " is out of range [0, " +
+                      std::to_string(*o.num_class_embeds()) + ") (num_class_embeds; the null class is " +
+                      std::to_string(o.null_class_label()) + ")");
+        }
+      }
+    }
+    auto t = torch::tensor(l, torch::TensorOptions().dtype(torch::kLong));
+    return l.size() == 1 ? t.expand({n}).contiguous() : t;
   }
 
   template <class DrawNoise>
   torch::Tensor run_batches(int64_t n, const GenerateOptions& opts, const GenerateCallback& on_progress,
                             DrawNoise&& draw_noise, torch::Generator gen) {
+    const torch::Tensor labels = resolve_labels(n, opts);
     sampler_.set_timesteps(opts.num_inference_steps());
     unet_->eval();
     torch::NoGradGuard no_grad;
@@ -171,14 +238,22 @@ class Pipeline {
       const double sigma = sampler_.init_noise_sigma();
       if (sigma != 1.0) x = x * sigma;
       x = x.to(device_);
-      auto model = [this](const torch::Tensor& xt, const torch::Tensor& t) { return unet_->forward(xt, t); };
-      x = sample_from(model, sampler_, x, gen, [&](const SampleStep& s) {
+      const auto on_step = [&](const SampleStep& s) {
         if (on_progress && !on_progress(GenerateProgress{images_done, n, bi, num_batches, s.index + 1, num_steps})) {
           stop = true;
           return false;
         }
         return true;
-      });
+      };
+      if (labels.defined()) {
+        const int64_t null_label = unet_->options.class_conditioning() == "embedding" ? unet_->options.null_class_label() : 0;
+        GuidedModel model{unet_, labels.narrow(0, images_done, b).to(device_), null_label, opts.guidance_scale(),
+                          opts.guidance_rescale()};
+        x = sample_from(model, sampler_, x, gen, on_step);
+      } else {
+        auto model = [this](const torch::Tensor& xt, const torch::Tensor& t) { return unet_->forward(xt, t); };
+        x = sample_from(model, sampler_, x, gen, on_step);
+      }
       if (stop) break;
       x = x.to(torch::kCPU, torch::kFloat32);
       if (opts.output_range() == OutputRange::ZeroToOne) x = (x + 1) / 2;

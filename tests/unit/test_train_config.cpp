@@ -13,7 +13,7 @@
 
 TEST_CASE("TrainConfig: every declared key is read, written and documented", "[train][config]") {
   const auto keys = ddpm::detail::field_keys<ddpm::TrainConfig>();
-  CHECK(keys.size() == 44);
+  CHECK(keys.size() == 47);
   CHECK(std::set<std::string>(keys.begin(), keys.end()).size() == keys.size());
   const nlohmann::json defaults = ddpm::TrainConfig{};
   CHECK(defaults.size() == keys.size());

@@ -17,11 +17,13 @@
 /// "optimizer" (sub-archives), "step", "train_seconds", "loss_scale", "good_steps"
 /// (scalars), "rng_train", "rng_global_cpu" (generator states) and the JSON strings
 /// "config" (the effective TrainConfig), "unet_config" (diffusers UNet2DModel form) and
-/// "scheduler_config" (diffusers scheduler form). load_training_checkpoint reads what
-/// sampling needs from it.
+/// "scheduler_config" (diffusers scheduler form), plus "class_names" (a JSON list, by label)
+/// when the training data has class names. load_training_checkpoint reads what sampling needs
+/// from it.
 ///
 /// A run directory (TrainConfig::out_dir) holds:
 ///   config.json             the effective TrainConfig (model resolved to a UNet config)
+///   class_names.json        class-conditional runs: the data's class names, by label
 ///   metrics.jsonl, loss.png the metrics (train/metrics.hpp)
 ///   samples/step-<N>.png    sample grids from the EMA model
 ///   ckpt-<N>.pt             the last keep_checkpoints checkpoints (N: 9 digits)
@@ -270,7 +272,8 @@ struct TrainingStateRef {
 /// Writes `s` and the three JSON configs into `a` (the layout above).
 inline void write_training_state(torch::serialize::OutputArchive& a, const TrainingStateRef& s,
                                  const nlohmann::json& config, const nlohmann::json& unet_config,
-                                 const nlohmann::json& scheduler_config) {
+                                 const nlohmann::json& scheduler_config,
+                                 const std::vector<std::string>& class_names = {}) {
   torch::serialize::OutputArchive m, e, o;
   s.model.save(m);
   s.ema.save(e);
@@ -287,6 +290,7 @@ inline void write_training_state(torch::serialize::OutputArchive& a, const Train
   archive_write_string(a, "config", config.dump());
   archive_write_string(a, "unet_config", unet_config.dump());
   archive_write_string(a, "scheduler_config", scheduler_config.dump());
+  if (!class_names.empty()) archive_write_string(a, "class_names", nlohmann::json(class_names).dump());
 }
 
 /// Restores what write_training_state stored into `s` (c10::Error when a key is missing or
@@ -322,6 +326,8 @@ struct LoadedCheckpoint {
   nlohmann::json train_config;
   int64_t step = 0;
   std::string path;  ///< the checkpoint file that was read
+  /// The training data's class names by label (empty when the checkpoint records none).
+  std::vector<std::string> class_names;
 };
 
 /// `path_or_dir` is a checkpoint file, or a run directory: then its newest checkpoint that
@@ -354,6 +360,11 @@ inline LoadedCheckpoint load_training_checkpoint(const std::string& path_or_dir,
     a.read("ema", e);
     e.read("weights", w);
     out.ema_model->load(w);
+    try {
+      out.class_names = nlohmann::json::parse(archive_read_string(a, "class_names")).get<std::vector<std::string>>();
+    } catch (const c10::Error&) {
+      // older checkpoints and unlabelled data: no class names
+    }
   } catch (const c10::Error& err) {
     throw Error("checkpoint '" + path + "' is not a complete ddpm training checkpoint: " + err.what_without_backtrace());
   } catch (const nlohmann::json::exception& err) {

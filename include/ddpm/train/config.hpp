@@ -68,6 +68,10 @@ struct TrainConfig {
   nlohmann::json model = "seed";
   NoiseScheduleOptions schedule{};
   ForwardDiffuserOptions objective{};
+  // --- class conditioning and classifier-free guidance (guidance.hpp)
+  int64_t num_classes = 0;
+  double p_uncond = 0.1;
+  double guidance_scale = 1.0;
   // --- optimization
   int64_t steps = 10000;
   double time_limit_minutes = 0;
@@ -142,6 +146,16 @@ struct TrainConfig {
     f(S{"schedule", "noise schedule (num_train_timesteps, beta_schedule, ...)", {}, nullptr, ""}, c.schedule);
     f(S{"objective", "training objective (prediction_type, loss_weighting, min_snr_gamma)", {}, nullptr, ""},
       c.objective);
+    f(S{"num_classes",
+        "class-conditional training on the data's labels: the number of classes (0 = unconditional); the UNet "
+        "gets num_class_embeds = num_classes + 1, the last being the null class",
+        at_least(0)},
+      c.num_classes);
+    f(S{"p_uncond", "probability that a training label is replaced by the null class (classifier-free guidance)",
+        between(0, 1)},
+      c.p_uncond);
+    f(S{"guidance_scale", "classifier-free guidance scale of the sample grids and evaluation (1 = none)", at_least(0)},
+      c.guidance_scale);
     f(S{"steps", "total optimizer steps of the run", at_least(0)}, c.steps);
     f(S{"time_limit_minutes", "stop (checkpoint + final sample grid) after this many minutes; 0 = no limit",
         at_least(0), nullptr, "time-limit"},
@@ -234,6 +248,19 @@ inline UNetOptions resolve_model_config(const nlohmann::json& model) {
 inline UNetOptions model_options_of(const TrainConfig& c, int64_t channels) {
   UNetOptions o = resolve_model_config(c.model);
   o.in_channels(channels).out_channels(channels).sample_size(c.image_size);
+  if (c.num_classes > 0) {
+    if (o.class_embed_type().has_value()) {
+      throw Error("training config: \"num_classes\" = " + std::to_string(c.num_classes) +
+                  " adds a class-embedding table, but the model config sets class_embed_type \"" +
+                  *o.class_embed_type() + "\"; remove it");
+    }
+    o.num_class_embeds(c.num_classes + 1);  // the last row is the null class
+  } else if (o.class_conditioning() != "none") {
+    throw Error("training config: the model config is class-conditional (" +
+                (o.num_class_embeds().has_value() ? "num_class_embeds " + std::to_string(*o.num_class_embeds())
+                                                  : "class_embed_type \"" + o.class_embed_type().value_or("") + "\"") +
+                ") but \"num_classes\" is 0; set num_classes to the number of classes of the data");
+  }
   o.validate("model config");
   if (c.image_size % o.size_multiple() != 0) {
     throw Error("image_size " + std::to_string(c.image_size) + " is not a multiple of " +

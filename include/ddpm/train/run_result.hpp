@@ -1,5 +1,7 @@
 #pragma once
 /// What the trainer returns: the result of one optimizer step and of a whole run().
+#include <torch/types.h>
+
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -21,6 +23,9 @@ struct TrainStepOutput {
   double lr = 0;
   /// False when the loss was NaN/Inf (on any rank): then no update was applied (on any rank).
   bool finite = true;
+  /// Class-conditional runs: the labels the UNet was given (int64 [B], CPU), after replacing
+  /// a share p_uncond of them by the null class; undefined for unconditional runs.
+  torch::Tensor class_labels;
 };
 
 /// Why run() returned.

@@ -18,6 +18,13 @@
 /// non-finite loss, SIGINT/SIGTERM or the time limit on ANY rank stops ALL ranks at
 /// the same step; the logged loss is the mean over the ranks.
 ///
+/// Class-conditional training (num_classes > 0): the UNet gets num_class_embeds = num_classes + 1
+/// (the last is the null class) and every step feeds it the batch's labels, each replaced by the
+/// null class with probability p_uncond (drawn from the trainer's seeded generator before the
+/// timesteps and noise, so a resumed run draws the same). Sample grids have one class per row
+/// and, like evaluation, use guidance_scale. The data's class names go into every checkpoint
+/// and out_dir/class_names.json (what `sample --class NAME` resolves).
+///
 /// Evaluation during training (eval_every > 0): every eval_every steps and at the end the
 /// EMA model generates eval_samples images through the Pipeline from a fixed seed, scored
 /// against the committed Fashion-MNIST test statistics (FD-fmnist, KID, class histogram;
@@ -34,6 +41,7 @@
 #include <ddpm/error.hpp>
 #include <ddpm/eval/evaluate.hpp>
 #include <ddpm/forward_diffuser.hpp>
+#include <ddpm/guidance.hpp>
 #include <ddpm/io/png.hpp>
 #include <ddpm/nn/unet.hpp>
 #include <ddpm/runtime.hpp>
@@ -174,7 +182,17 @@ class Trainer {
     const auto x0 = to_device(batch.images, device_);  // CUDA: pinned staging, asynchronous copy
     optimizer_->zero_grad();
     LossOutput lo;
-    {
+    if (cfg_.num_classes > 0) {
+      if (!batch.labels.has_value() || !batch.labels->defined()) {
+        throw Error("training config: \"num_classes\" = " + std::to_string(cfg_.num_classes) +
+                    " but the batch has no labels");
+      }
+      out.class_labels = drop_labels(batch.labels->to(torch::kCPU), cfg_.p_uncond, cfg_.num_classes, gen_);
+      const torch::Tensor labels = out.class_labels.to(device_);
+      AutocastGuard amp(device_, autocast_dtype_);
+      lo = diffuser_->loss([&](const torch::Tensor& x_t, const torch::Tensor& t) { return model_->forward(x_t, t, labels); },
+                           x0, gen_);
+    } else {
       AutocastGuard amp(device_, autocast_dtype_);  // no-op without a dtype (CPU, "none")
       lo = diffuser_->loss(model_, x0, gen_);
     }
@@ -211,23 +229,35 @@ class Trainer {
   }
 
   /// The training loss of the current model on `x0` with noise and timesteps from
-  /// a generator seeded with `seed` (no update; eval mode, no gradients).
-  double evaluate_loss(const torch::Tensor& x0, uint64_t seed) {
+  /// a generator seeded with `seed` (no update; eval mode, no gradients). A class-conditional
+  /// model is given `labels` (int64 [B]), or the null class when they are undefined.
+  double evaluate_loss(const torch::Tensor& x0, uint64_t seed, const torch::Tensor& labels = {}) {
     torch::NoGradGuard g;
     model_->eval();
     auto gen = at::detail::createCPUGenerator(seed);
-    return diffuser_->loss(model_, x0.to(device_), gen).loss.item<double>();
+    if (cfg_.num_classes <= 0) return diffuser_->loss(model_, x0.to(device_), gen).loss.item<double>();
+    const torch::Tensor l = labels.defined() ? labels.to(device_, torch::kLong)
+                                             : torch::full({x0.size(0)}, cfg_.num_classes,
+                                                           torch::TensorOptions().dtype(torch::kLong).device(device_));
+    return diffuser_
+        ->loss([&](const torch::Tensor& x_t, const torch::Tensor& t) { return model_->forward(x_t, t, l); },
+               x0.to(device_), gen)
+        .loss.item<double>();
   }
 
   /// `n` images sampled from the EMA model with the configured sampler and
   /// steps, from a fixed seed (so successive grids show the same noise): [n, C, S, S] in model space.
-  /// The one place the trainer samples (sample grids).
+  /// The one place the trainer samples (sample grids). Class-conditional runs: one class per
+  /// row of save_image_grid's default square layout (class_grid_labels), guided with
+  /// config().guidance_scale.
   torch::Tensor sample_images(int64_t n, const GenerateCallback& on_progress = {}) {
     auto gen = at::detail::createCPUGenerator(cfg_.seed + 0x5eed);
-    return grid_pipeline().generate(
-        n, gen, GenerateOptions().num_inference_steps(cfg_.sample_steps).batch_size(n).sample_size(cfg_.image_size)
-                    .clamp(false),
-        on_progress);
+    auto opts = GenerateOptions().num_inference_steps(cfg_.sample_steps).batch_size(n).sample_size(cfg_.image_size)
+                    .clamp(false);
+    if (cfg_.num_classes > 0) {
+      opts.class_labels(class_grid_labels(n, cfg_.num_classes)).guidance_scale(cfg_.guidance_scale);
+    }
+    return grid_pipeline().generate(n, gen, opts, on_progress);
   }
 
   /// The EMA model with the configured grid sampler (cfg.sampler: any registered name or preset).
@@ -284,9 +314,14 @@ class Trainer {
     auto gen = at::detail::createCPUGenerator(cfg_.seed + 0xe7a1ull + static_cast<uint64_t>(rank) * 0x9E3779B97F4A7C15ull);
     const std::string sampler = cfg_.eval_sampler.empty() ? cfg_.sampler : cfg_.eval_sampler;
     Pipeline pipe(ema_->ema.model(), make_sampler(scheduler_config(), sampler), device_);
-    const torch::Tensor images = pipe.generate(
-        share, gen,
-        GenerateOptions().num_inference_steps(cfg_.eval_steps).batch_size(cfg_.eval_batch_size).sample_size(cfg_.image_size));
+    auto gopts =
+        GenerateOptions().num_inference_steps(cfg_.eval_steps).batch_size(cfg_.eval_batch_size).sample_size(cfg_.image_size);
+    if (cfg_.num_classes > 0) {  // every class equally often, guided as the grids are
+      std::vector<int64_t> labels(static_cast<size_t>(share));
+      for (int64_t i = 0; i < share; ++i) labels[static_cast<size_t>(i)] = i % cfg_.num_classes;
+      gopts.class_labels(labels).guidance_scale(cfg_.guidance_scale);
+    }
+    const torch::Tensor images = pipe.generate(share, gen, gopts);
     FeatureNetwork& net = *evaluator_->net;
     EvalOptions opts = evaluator_->options;
     opts.allow_few_samples(true);  // small eval_samples: warned about once in setup_evaluation
@@ -365,7 +400,10 @@ class Trainer {
           " of " + std::to_string(cfg_.steps) + " on " + device_.str() + " (" + std::to_string(at::get_num_threads()) +
           " threads), " + dataset_name_ + " " + std::to_string(loader_->num_images()) + " images, global batch " +
           std::to_string(cfg_.batch_size * hooks_.world_size) + ", " + std::to_string(num_parameters()) +
-          " parameters");
+          " parameters" +
+          (cfg_.num_classes > 0 ? ", class-conditional (" + std::to_string(cfg_.num_classes) + " classes, p_uncond " +
+                                      detail::format_number(cfg_.p_uncond) + ")"
+                                : std::string()));
     }
     double interval_loss = 0, interval_time = 0;
     int64_t interval_steps = 0;
@@ -489,6 +527,7 @@ class Trainer {
   void setup_data(ImageData data) {
     dataset_name_ = data.name;
     class_names_ = data.class_names;
+    if (cfg_.num_classes > 0) check_labels(data);
     const int64_t global_batch = cfg_.batch_size * hooks_.world_size;
     if (data.size() < global_batch) {
       throw Error("the " + std::to_string(data.size()) + " images of " + (data.name.empty() ? "the data" : data.name) +
@@ -528,6 +567,26 @@ class Trainer {
   }
 
   int64_t data_channels() const { return loader_channels_; }
+
+  /// num_classes > 0: the data must carry labels of exactly that many classes.
+  void check_labels(const ImageData& data) const {
+    const std::string key = "training config: \"num_classes\" = " + std::to_string(cfg_.num_classes);
+    const std::string what = "dataset \"" + data.name + "\"";
+    if (!data.labels.defined()) {
+      throw Error(key + " needs class labels, but " + what + " has none; set num_classes to 0 to train unconditionally");
+    }
+    if (!data.class_names.empty() && data.num_classes() != cfg_.num_classes) {
+      throw Error(key + ", but " + what + " has " + std::to_string(data.num_classes()) + " classes; set num_classes to " +
+                  std::to_string(data.num_classes()));
+    }
+    if (data.labels.numel() > 0) {
+      const int64_t lo = data.labels.min().item<int64_t>(), hi = data.labels.max().item<int64_t>();
+      if (lo < 0 || hi >= cfg_.num_classes) {
+        throw Error(key + ", but " + what + " has labels in [" + std::to_string(lo) + ", " + std::to_string(hi) +
+                    "]; set num_classes to " + std::to_string(hi + 1));
+      }
+    }
+  }
 
   /// eval_every > 0: loads the committed classifier + test statistics, after checking that the
   /// data fits it; restores the best distance from out_dir/best.json.
@@ -577,7 +636,7 @@ class Trainer {
     log(buf);
     if (better) {
       torch::serialize::OutputArchive a;
-      write_training_state(a, state(), effective_config(), unet_options_, scheduler_config());
+      write_training_state(a, state(), effective_config(), unet_options_, scheduler_config(), class_names_);
       write_checkpoint_file(cfg_.out_dir + "/best.pt", a);
       best_fd_ = r.fd;
       best_step_ = step_;
@@ -600,7 +659,7 @@ class Trainer {
   void write_state(torch::serialize::OutputArchive& a) {
     loss_scale_ = scaler_.scale_value();
     good_steps_ = scaler_.good_steps();
-    write_training_state(a, state(), effective_config(), unet_options_, scheduler_config());
+    write_training_state(a, state(), effective_config(), unet_options_, scheduler_config(), class_names_);
     last_checkpoint_step_ = step_;
   }
 
@@ -642,6 +701,7 @@ class Trainer {
   void write_config() {
     std::filesystem::create_directories(cfg_.out_dir);
     detail::write_json_file(cfg_.out_dir + "/config.json", effective_config());
+    if (cfg_.num_classes > 0) detail::write_json_file(cfg_.out_dir + "/class_names.json", nlohmann::json(class_names_));
   }
 
   TrainConfig cfg_;
