@@ -269,8 +269,9 @@ class Trainer {
 
   /// Generates config().eval_samples images from the EMA model (over all ranks, from a fixed
   /// seed) and scores them (see the header comment). Collective with data parallelism: every
-  /// rank must call it; the result is complete on rank 0 (other ranks: their own share's
-  /// counts only). Throws ddpm::Error when eval_every was not configured (no evaluator).
+  /// rank must call it, and every rank gets the merged FD, class histogram and confidence (KID:
+  /// from its own share). Without the allreduce_sum_tensor hook each rank scores only its own
+  /// share. Throws ddpm::Error when eval_every was not configured (no evaluator).
   EvalResult evaluate() {
     if (!evaluator_) throw Error("Trainer::evaluate: evaluation is off (set eval_every > 0)");
     const auto t0 = std::chrono::steady_clock::now();
