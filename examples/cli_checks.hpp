@@ -11,19 +11,27 @@
 
 namespace ddpm_examples {
 
-/// Accepts a number > lo (strict) or >= lo; otherwise says what is wrong with the value.
-inline CLI::Validator number_above(double lo, bool strict) {
-  const std::string desc = std::string(strict ? "> " : ">= ") + std::to_string(static_cast<long long>(lo));
+/// A CLI11 check for a number: "'s' is not a number" unless s parses whole as a double, else
+/// "'s' must be <desc>" unless ok(value); `name` is what --help shows.
+template <typename Ok>
+CLI::Validator number_check(const std::string& desc, Ok ok, const std::string& name) {
   return CLI::Validator(
       [=](std::string& s) -> std::string {
         errno = 0;
         char* end = nullptr;
         const double v = std::strtod(s.c_str(), &end);
         if (s.empty() || end == s.c_str() || *end != '\0' || errno == ERANGE) return "'" + s + "' is not a number";
-        if (strict ? !(v > lo) : !(v >= lo)) return "'" + s + "' must be " + desc;
+        if (!ok(v)) return "'" + s + "' must be " + desc;
         return std::string();
       },
-      desc == ">= 0" ? "NUMBER>=0" : "NUMBER>0");
+      name);
+}
+
+/// Accepts a number > lo (strict) or >= lo; otherwise says what is wrong with the value.
+inline CLI::Validator number_above(double lo, bool strict) {
+  const std::string desc = std::string(strict ? "> " : ">= ") + std::to_string(static_cast<long long>(lo));
+  return number_check(
+      desc, [=](double v) { return strict ? v > lo : v >= lo; }, desc == ">= 0" ? "NUMBER>=0" : "NUMBER>0");
 }
 
 inline const CLI::Validator non_negative = number_above(0, false);

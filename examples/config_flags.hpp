@@ -38,16 +38,7 @@ inline CLI::Validator bound_validator(const ddpm::detail::Bound& b) {
   if (b.kind == K::Above) return number_above(b.lo, true);
   const double lo = b.lo, hi = b.hi;
   const std::string desc = b.text();
-  return CLI::Validator(
-      [=](std::string& s) -> std::string {
-        errno = 0;
-        char* end = nullptr;
-        const double v = std::strtod(s.c_str(), &end);
-        if (s.empty() || end == s.c_str() || *end != '\0' || errno == ERANGE) return "'" + s + "' is not a number";
-        if (!(v >= lo && v <= hi)) return "'" + s + "' must be " + desc;
-        return std::string();
-      },
-      "NUMBER " + desc);
+  return number_check(desc, [=](double v) { return v >= lo && v <= hi; }, "NUMBER " + desc);
 }
 
 // "abc" -> JSON of the field's type; throws ddpm::Error saying what is wrong.

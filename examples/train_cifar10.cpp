@@ -180,6 +180,10 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "  checkpoint: %s\n  sample more: sample --checkpoint %s --out more.png\n",
                    res.checkpoint.c_str(), res.checkpoint.c_str());
     }
+    if (trainer.best_eval_step() >= 0) {
+      std::fprintf(stderr, "  best:       %s/best.pt (step %lld, FD %.4g; eval curve %s/eval.png)\n", out_dir.c_str(),
+                   static_cast<long long>(trainer.best_eval_step()), trainer.best_eval_distance(), out_dir.c_str());
+    }
     return 0;
   } catch (const ddpm::Error& e) {
     return fail(e.what());

@@ -52,6 +52,10 @@
 #include <ddpm/train/signals.hpp>
 #include <ddpm/train/checkpoint.hpp>
 #include <ddpm/train/progress.hpp>
+#include <ddpm/train/run_dir.hpp>
+#include <ddpm/train/run_result.hpp>
+#include <ddpm/train/state.hpp>
+#include <ddpm/train/evaluation.hpp>
 #include <ddpm/train/trainer.hpp>
 
 // Evaluation: feature statistics, Fréchet distance, KID, feature networks (sample_io.hpp, which

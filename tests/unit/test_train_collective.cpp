@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "test_util.hpp"
+#include "train_test_util.hpp"
 
 namespace {
 
@@ -24,21 +25,9 @@ ddpm::ImageData tiny_images() {
 }
 
 ddpm::TrainConfig tiny_config(const std::string& out) {
-  ddpm::TrainConfig c;
-  c.image_size = 8;
-  c.model = {{"block_out_channels", {8, 16}},
-             {"down_block_types", {"DownBlock2D", "DownBlock2D"}},
-             {"up_block_types", {"UpBlock2D", "UpBlock2D"}},
-             {"layers_per_block", 1},
-             {"norm_num_groups", 4},
-             {"add_attention", false}};
+  ddpm::TrainConfig c = ddpm_test::tiny_train_config(out, 8, /*channels=*/8);
   c.batch_size = 4;
   c.steps = 10;
-  c.num_threads = 1;
-  c.out_dir = out;
-  c.sample_every = 0;
-  c.checkpoint_every = 0;
-  c.device = ddpm::DeviceKind::Cpu;
   return c;
 }
 

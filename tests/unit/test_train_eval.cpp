@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "test_util.hpp"
+#include "train_test_util.hpp"
 
 namespace {
 
@@ -35,25 +36,16 @@ ddpm::ImageData block_data(int64_t channels, int64_t size = 28) {
   return d;
 }
 
+// The tiny trainer config at 32x32 (the classifier's size), evaluating every 2 steps.
 ddpm::TrainConfig eval_config(const std::string& out) {
-  ddpm::TrainConfig c;
-  c.image_size = 32;
-  c.model = {{"block_out_channels", {16, 32}},
-             {"down_block_types", {"DownBlock2D", "DownBlock2D"}},
-             {"up_block_types", {"UpBlock2D", "UpBlock2D"}},
-             {"layers_per_block", 1},
-             {"norm_num_groups", 8},
-             {"add_attention", false}};
+  ddpm::TrainConfig c = ddpm_test::tiny_train_config(out, 32);
   c.batch_size = 4;
   c.lr = 2e-3;
   c.warmup_steps = 1;
   c.ema_decay = 0.5;
   c.steps = 4;
   c.seed = 5;
-  c.num_threads = 1;
-  c.out_dir = out;
   c.log_every = 1;
-  c.sample_every = 0;
   c.sample_count = 4;
   c.sample_steps = 1;
   c.checkpoint_every = 2;
@@ -61,7 +53,6 @@ ddpm::TrainConfig eval_config(const std::string& out) {
   c.eval_samples = 8;
   c.eval_steps = 1;
   c.eval_batch_size = 4;
-  c.device = ddpm::DeviceKind::Cpu;
   return c;
 }
 

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "test_util.hpp"
+#include "train_test_util.hpp"
 
 namespace {
 
@@ -31,14 +32,7 @@ ddpm::ImageData tiny_data() {
 }
 
 ddpm::TrainConfig tiny_config(const std::string& out) {
-  ddpm::TrainConfig c;
-  c.image_size = 8;
-  c.model = {{"block_out_channels", {16, 32}},
-             {"down_block_types", {"DownBlock2D", "DownBlock2D"}},
-             {"up_block_types", {"UpBlock2D", "UpBlock2D"}},
-             {"layers_per_block", 1},
-             {"norm_num_groups", 8},
-             {"add_attention", false}};
+  ddpm::TrainConfig c = ddpm_test::tiny_train_config(out, 8);
   c.batch_size = 8;
   c.lr = 2e-3;
   c.warmup_steps = 2;
@@ -46,14 +40,10 @@ ddpm::TrainConfig tiny_config(const std::string& out) {
   c.steps = 6;
   c.seed = 3;
   c.num_threads = 2;
-  c.out_dir = out;
   c.log_every = 1;
-  c.sample_every = 0;
   c.sample_count = 4;
   c.sample_steps = 2;
-  c.checkpoint_every = 0;
   c.keep_checkpoints = 3;
-  c.device = ddpm::DeviceKind::Cpu;
   return c;
 }
 

@@ -10,6 +10,7 @@
 #include <ddpm/schedule.hpp>
 
 #include <ATen/core/Generator.h>
+#include <c10/util/Optional.h>
 #include <torch/types.h>
 
 #include <nlohmann/json.hpp>
@@ -176,6 +177,40 @@ inline int64_t integer_timestep(double t, const char* where) {
   return static_cast<int64_t>(t);
 }
 
+/// Reads an optional number that may be null (diffusers' sigma_min / sigma_max).
+inline void get_optional_nullable_double(const nlohmann::json& j, const char* key, c10::optional<double>& out,
+                                         const std::string& ctx) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return;
+  if (!it->is_number()) throw Error(ctx + ": \"" + key + "\" must be a number or null, got " + it->dump());
+  out = it->get<double>();
+}
+/// An optional number as JSON (null when absent).
+inline nlohmann::json nullable(const c10::optional<double>& v) {
+  return v.has_value() ? nlohmann::json(*v) : nlohmann::json(nullptr);
+}
+/// Rejects `true` for diffusers sigma options ddpm does not implement.
+inline void reject_true(const nlohmann::json& j, std::initializer_list<const char*> keys, const std::string& ctx) {
+  for (const char* k : keys) {
+    bool v = false;
+    get_optional(j, k, v, ctx);
+    if (v) throw Error(ctx + ": \"" + k + "\": true is not supported");
+  }
+}
+/// Rejects a string key whose value is not `allowed`.
+inline void require_string(const nlohmann::json& j, const char* key, const char* allowed, const std::string& ctx) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return;
+  if (!it->is_string() || it->get<std::string>() != allowed) {
+    throw Error(ctx + ": \"" + key + "\" = " + it->dump() + " is not supported (only \"" + allowed + "\")");
+  }
+}
+/// alphas_cumprod with diffusers' 2^-24 substitution for zero-terminal-SNR schedules.
+inline torch::Tensor sampler_alphas_cumprod(const NoiseSchedule& s, bool rescale_zero_snr) {
+  auto ac = s.alphas_cumprod().clone();
+  if (rescale_zero_snr) ac[-1] = std::pow(2.0, -24);
+  return ac;
+}
 /// Integer timesteps as the protocol's doubles.
 inline std::vector<double> as_double_timesteps(const std::vector<int64_t>& ts) {
   return std::vector<double>(ts.begin(), ts.end());

@@ -22,50 +22,6 @@
 
 namespace ddpm {
 
-namespace detail {
-/// Reads an optional number that may be null (diffusers' sigma_min / sigma_max).
-inline void get_optional_nullable_double(const nlohmann::json& j, const char* key, c10::optional<double>& out,
-                                         const std::string& ctx) {
-  auto it = j.find(key);
-  if (it == j.end() || it->is_null()) return;
-  if (!it->is_number()) throw Error(ctx + ": \"" + key + "\" must be a number or null, got " + it->dump());
-  out = it->get<double>();
-}
-inline nlohmann::json nullable(const c10::optional<double>& v) {
-  return v.has_value() ? nlohmann::json(*v) : nlohmann::json(nullptr);
-}
-/// Rejects `true` for diffusers sigma options ddpm does not implement.
-inline void reject_true(const nlohmann::json& j, std::initializer_list<const char*> keys, const std::string& ctx) {
-  for (const char* k : keys) {
-    bool v = false;
-    get_optional(j, k, v, ctx);
-    if (v) throw Error(ctx + ": \"" + k + "\": true is not supported");
-  }
-}
-/// Rejects a string key whose value is not `allowed`.
-inline void require_string(const nlohmann::json& j, const char* key, const char* allowed, const std::string& ctx) {
-  auto it = j.find(key);
-  if (it == j.end() || it->is_null()) return;
-  if (!it->is_string() || it->get<std::string>() != allowed) {
-    throw Error(ctx + ": \"" + key + "\" = " + it->dump() + " is not supported (only \"" + allowed + "\")");
-  }
-}
-/// alphas_cumprod with diffusers' 2^-24 substitution for zero-terminal-SNR schedules.
-inline torch::Tensor sampler_alphas_cumprod(const NoiseSchedule& s, bool rescale_zero_snr) {
-  auto ac = s.alphas_cumprod().clone();
-  if (rescale_zero_snr) ac[-1] = std::pow(2.0, -24);
-  return ac;
-}
-/// Euler-family init_noise_sigma: max sigma (linspace, trailing) or sqrt(max^2 + 1) (leading),
-/// computed in the sigmas' dtype as diffusers does.
-inline double euler_init_noise_sigma(const torch::Tensor& sigmas, TimestepSpacing spacing) {
-  if (!sigmas.defined() || sigmas.numel() == 0) return 1.0;
-  const auto m = sigmas.max();
-  if (spacing == TimestepSpacing::Leading) return (m * m + 1).sqrt().item<double>();
-  return m.item<double>();
-}
-}  // namespace detail
-
 /// EulerDiscreteScheduler's configuration (diffusers defaults).
 struct EulerSamplerOptions {
   TORCH_ARG(NoiseScheduleOptions, schedule) = {};
@@ -157,8 +113,8 @@ class EulerSampler {
     auto s = detail::euler_sigma_schedule(train_sigmas_, num_inference_steps, options_.timestep_spacing(),
                                           options_.steps_offset(), options_.use_karras_sigmas(), options_.sigma_min(),
                                           options_.sigma_max(), last, where);
-    sigmas_ = torch::tensor(s.sigmas, torch::kFloat64).to(schedule_.dtype());
-    timesteps_ = schedule_.dtype() == torch::kFloat64 ? s.timesteps : detail::round_to_float32(s.timesteps);
+    sigmas_ = detail::sigmas_in(s.sigmas, schedule_.dtype());
+    timesteps_ = detail::timesteps_in(s.timesteps, schedule_.dtype());
     reset();
   }
 
@@ -166,9 +122,7 @@ class EulerSampler {
 
   /// x / sqrt(sigma^2 + 1) at the current step (locates t on the first call).
   torch::Tensor scale_model_input(const torch::Tensor& sample, double t) {
-    locate(t, "EulerSampler::scale_model_input");
-    const auto sigma = sigmas_[step_index_];
-    return sample / (sigma * sigma + 1).sqrt();
+    return detail::scale_by_sigma(sample, timesteps_, sigmas_, step_index_, t, "EulerSampler::scale_model_input");
   }
 
   /// One Euler step sigma_i -> sigma_{i+1}; deterministic (generator / noise unused).
@@ -178,23 +132,16 @@ class EulerSampler {
     (void)generator;
     (void)noise;
     const char* where = "EulerSampler::step";
-    detail::check_float_step_inputs(model_output, sample, where);
-    locate(t, where);
-    const auto work = schedule_.dtype() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
-    const auto x = sample.to(work);
-    const auto sigma = sigmas_[step_index_];
-    const auto x0 = predict_x0_from_sigma(model_output, x, sigma, options_.prediction_type());
-    const auto derivative = (x - x0) / sigma;
-    const auto dt = sigmas_[step_index_ + 1] - sigma;
-    const auto prev = x + derivative * dt;
+    const auto s = detail::sigma_step_start(model_output, sample, t, timesteps_, sigmas_, step_index_,
+                                            schedule_.dtype(), options_.prediction_type(), where);
+    const auto derivative = (s.x - s.x0) / s.sigma;
+    const auto dt = sigmas_[step_index_ + 1] - s.sigma;
+    const auto prev = s.x + derivative * dt;
     ++step_index_;
-    return {prev.to(model_output.scalar_type()), x0};
+    return {prev.to(model_output.scalar_type()), s.x0};
   }
 
  private:
-  void locate(double t, const char* where) { detail::locate_step(timesteps_, step_index_, t, where); }
-
-
   EulerSamplerOptions options_;
   NoiseSchedule schedule_;
   torch::Tensor alphas_cumprod_, train_sigmas_, sigmas_;

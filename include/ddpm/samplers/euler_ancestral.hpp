@@ -8,7 +8,6 @@
 /// Timesteps / sigmas / scaling are EulerSampler's (no Karras option; sample prediction is not
 /// supported, as in diffusers).
 #include <ddpm/samplers/common.hpp>
-#include <ddpm/samplers/euler.hpp>
 #include <ddpm/samplers/sigmas.hpp>
 
 #include <torch/arg.h>
@@ -82,16 +81,16 @@ class EulerAncestralSampler {
     auto s = detail::euler_sigma_schedule(train_sigmas_, num_inference_steps, options_.timestep_spacing(),
                                           options_.steps_offset(), false, c10::nullopt, c10::nullopt, 0.0,
                                           "EulerAncestralSampler::set_timesteps");
-    sigmas_ = torch::tensor(s.sigmas, torch::kFloat64).to(schedule_.dtype());
-    timesteps_ = schedule_.dtype() == torch::kFloat64 ? s.timesteps : detail::round_to_float32(s.timesteps);
+    sigmas_ = detail::sigmas_in(s.sigmas, schedule_.dtype());
+    timesteps_ = detail::timesteps_in(s.timesteps, schedule_.dtype());
     reset();
   }
   void reset() { step_index_ = -1; }
 
+  /// x / sqrt(sigma^2 + 1) at the current step (locates t on the first call).
   torch::Tensor scale_model_input(const torch::Tensor& sample, double t) {
-    locate(t, "EulerAncestralSampler::scale_model_input");
-    const auto sigma = sigmas_[step_index_];
-    return sample / (sigma * sigma + 1).sqrt();
+    return detail::scale_by_sigma(sample, timesteps_, sigmas_, step_index_, t,
+                                  "EulerAncestralSampler::scale_model_input");
   }
 
   /// One ancestral step; z comes from `noise` [same shape as sample] when given, else is drawn
@@ -100,31 +99,24 @@ class EulerAncestralSampler {
                          c10::optional<at::Generator> generator = c10::nullopt,
                          c10::optional<torch::Tensor> noise = c10::nullopt) {
     const char* where = "EulerAncestralSampler::step";
-    detail::check_float_step_inputs(model_output, sample, where);
     detail::check_variance_noise(noise, sample, where);
-    locate(t, where);
-    const auto work = schedule_.dtype() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
-    const auto x = sample.to(work);
-    const auto sigma = sigmas_[step_index_];
-    const auto x0 = predict_x0_from_sigma(model_output, x, sigma, options_.prediction_type());
-    const auto& s_from = sigma;
+    const auto s = detail::sigma_step_start(model_output, sample, t, timesteps_, sigmas_, step_index_,
+                                            schedule_.dtype(), options_.prediction_type(), where);
+    const auto& s_from = s.sigma;
     const auto s_to = sigmas_[step_index_ + 1];
     const auto sigma_up = (s_to * s_to * (s_from * s_from - s_to * s_to) / (s_from * s_from)).sqrt();
     const auto sigma_down = (s_to * s_to - sigma_up * sigma_up).sqrt();
-    const auto derivative = (x - x0) / sigma;
-    const auto dt = sigma_down - sigma;
-    auto prev = x + derivative * dt;
+    const auto derivative = (s.x - s.x0) / s.sigma;
+    const auto dt = sigma_down - s.sigma;
+    auto prev = s.x + derivative * dt;
     const auto z = (noise.has_value() && noise->defined()) ? noise->to(model_output.device(), model_output.scalar_type())
                                                            : detail::draw_noise_like(model_output, generator);
     prev = prev + z * sigma_up;
     ++step_index_;
-    return {prev.to(model_output.scalar_type()), x0};
+    return {prev.to(model_output.scalar_type()), s.x0};
   }
 
  private:
-  void locate(double t, const char* where) { detail::locate_step(timesteps_, step_index_, t, where); }
-
-
   EulerAncestralSamplerOptions options_;
   NoiseSchedule schedule_;
   torch::Tensor train_sigmas_, sigmas_;

@@ -7,7 +7,6 @@
 ///                                        x_{i+1} = x + (d + d')/2 (sigma_{i+1} - sigma_i)
 /// The last step (to sigma = 0) is a plain Euler step. x0 may be clipped (clip_sample).
 #include <ddpm/samplers/common.hpp>
-#include <ddpm/samplers/euler.hpp>
 #include <ddpm/samplers/sigmas.hpp>
 
 #include <torch/arg.h>
@@ -102,15 +101,13 @@ class HeunSampler {
                                           options_.steps_offset(), options_.use_karras_sigmas(), c10::nullopt,
                                           c10::nullopt, 0.0, "HeunSampler::set_timesteps");
     // Karras timesteps stay float64 in diffusers (torch.from_numpy of a float64 array).
-    const auto ts = (schedule_.dtype() == torch::kFloat64 || options_.use_karras_sigmas())
-                        ? s.timesteps
-                        : detail::round_to_float32(s.timesteps);
+    const auto ts = options_.use_karras_sigmas() ? s.timesteps : detail::timesteps_in(s.timesteps, schedule_.dtype());
     std::vector<double> sigmas = {s.sigmas.front()};
     for (size_t i = 1; i + 1 < s.sigmas.size(); ++i) sigmas.insert(sigmas.end(), {s.sigmas[i], s.sigmas[i]});
     sigmas.push_back(s.sigmas.back());
     timesteps_ = {ts.front()};
     for (size_t i = 1; i < ts.size(); ++i) timesteps_.insert(timesteps_.end(), {ts[i], ts[i]});
-    sigmas_ = torch::tensor(sigmas, torch::kFloat64).to(schedule_.dtype());
+    sigmas_ = detail::sigmas_in(sigmas, schedule_.dtype());
     num_steps_ = num_inference_steps;
     reset();
   }
@@ -123,10 +120,9 @@ class HeunSampler {
     sample_ = torch::Tensor();
   }
 
+  /// x / sqrt(sigma^2 + 1) at the current step (locates t on the first call).
   torch::Tensor scale_model_input(const torch::Tensor& sample, double t) {
-    detail::locate_step(timesteps_, step_index_, t, "HeunSampler::scale_model_input");
-    const auto sigma = sigmas_[step_index_];
-    return sample / (sigma * sigma + 1).sqrt();
+    return detail::scale_by_sigma(sample, timesteps_, sigmas_, step_index_, t, "HeunSampler::scale_model_input");
   }
 
   /// The Euler call (state_in_first_order) or the corrector call of a Heun step.

@@ -9,6 +9,7 @@
 ///       ramp = linspace(0, 1, N)
 ///   sigma_to_t: piecewise-linear interpolation of t in log sigma (diffusers `_sigma_to_t`)
 ///   np_interp: numpy's np.interp (float64, exact x == xp[j] returns fp[j])
+#include <ddpm/prediction.hpp>
 #include <ddpm/samplers/common.hpp>
 
 #include <c10/util/Optional.h>
@@ -233,6 +234,51 @@ inline void locate_step(const std::vector<double>& timesteps, int64_t& step_inde
   TORCH_CHECK(step_index < N, where, ": all ", N, " steps were already taken; call set_timesteps() or reset()");
   TORCH_CHECK(timesteps[static_cast<size_t>(step_index)] == t, where, ": expected timestep ",
               timesteps[static_cast<size_t>(step_index)], " (step ", step_index, " of ", N, "), got ", t);
+}
+
+/// Euler-family init_noise_sigma: max sigma (linspace, trailing) or sqrt(max^2 + 1) (leading),
+/// computed in the sigmas' dtype as diffusers does.
+inline double euler_init_noise_sigma(const torch::Tensor& sigmas, TimestepSpacing spacing) {
+  if (!sigmas.defined() || sigmas.numel() == 0) return 1.0;
+  const auto m = sigmas.max();
+  if (spacing == TimestepSpacing::Leading) return (m * m + 1).sqrt().item<double>();
+  return m.item<double>();
+}
+
+/// A sigma schedule as the Euler-type samplers store it (diffusers' casts): the sigmas in the
+/// schedule's dtype, the timesteps rounded to float32 unless the schedule is float64.
+inline torch::Tensor sigmas_in(const std::vector<double>& sigmas, torch::ScalarType dtype) {
+  return torch::tensor(sigmas, torch::kFloat64).to(dtype);
+}
+inline std::vector<double> timesteps_in(const std::vector<double>& timesteps, torch::ScalarType dtype) {
+  return dtype == torch::kFloat64 ? timesteps : round_to_float32(timesteps);
+}
+
+/// scale_model_input of the sigma samplers (Euler, Euler ancestral, Heun): locates t
+/// (locate_step) and returns sample / sqrt(sigma^2 + 1) at that step, as diffusers computes it.
+inline torch::Tensor scale_by_sigma(const torch::Tensor& sample, const std::vector<double>& timesteps,
+                                    const torch::Tensor& sigmas, int64_t& step_index, double t, const char* where) {
+  locate_step(timesteps, step_index, t, where);
+  const auto sigma = sigmas[step_index];
+  return sample / (sigma * sigma + 1).sqrt();
+}
+
+/// The start of an Euler / Euler ancestral step: checks the inputs, locates t (locate_step), and
+/// gives the sample in the working dtype (float64 for a float64 schedule, else float32), the
+/// sigma at the step and the x0 the model output predicts (predict_x0_from_sigma).
+struct SigmaStepStart {
+  torch::Tensor x, sigma, x0;
+};
+inline SigmaStepStart sigma_step_start(const torch::Tensor& model_output, const torch::Tensor& sample, double t,
+                                       const std::vector<double>& timesteps, const torch::Tensor& sigmas,
+                                       int64_t& step_index, torch::ScalarType schedule_dtype,
+                                       PredictionType prediction_type, const char* where) {
+  check_float_step_inputs(model_output, sample, where);
+  locate_step(timesteps, step_index, t, where);
+  const auto work = schedule_dtype == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+  const auto x = sample.to(work);
+  const auto sigma = sigmas[step_index];
+  return {x, sigma, predict_x0_from_sigma(model_output, x, sigma, prediction_type)};
 }
 
 }  // namespace detail

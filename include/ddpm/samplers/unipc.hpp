@@ -15,7 +15,6 @@
 /// remaining steps. The corrector is skipped for the steps listed in disable_corrector.
 #include <ddpm/samplers/common.hpp>
 #include <ddpm/samplers/dpm_solver.hpp>
-#include <ddpm/samplers/euler.hpp>
 #include <ddpm/samplers/sigmas.hpp>
 
 #include <torch/arg.h>

@@ -21,12 +21,7 @@
 /// when the training data has class names. load_training_checkpoint reads what sampling needs
 /// from it.
 ///
-/// A run directory (TrainConfig::out_dir) holds:
-///   config.json             the effective TrainConfig (model resolved to a UNet config)
-///   class_names.json        class-conditional runs: the data's class names, by label
-///   metrics.jsonl, loss.png the metrics (train/metrics.hpp)
-///   samples/step-<N>.png    sample grids from the EMA model
-///   ckpt-<N>.pt             the last keep_checkpoints checkpoints (N: 9 digits)
+/// The other files of a run directory (TrainConfig::out_dir): train/run_dir.hpp.
 #include <ddpm/error.hpp>
 #include <ddpm/nn/unet.hpp>
 #include <ddpm/train/ema.hpp>
@@ -315,6 +310,25 @@ inline void read_training_state(torch::serialize::InputArchive& a, const Trainin
   archive_read_generator(a, "rng_train", s.rng);
   at::Generator global = at::detail::getDefaultCPUGenerator();
   archive_read_generator(a, "rng_global_cpu", global);
+}
+
+/// Restores the newest checkpoint of `manager` that passes the integrity check into `s`
+/// (tensors mapped to `device`) and returns its path, "" when there is none (each rejected
+/// newer file goes to `on_reject`). Throws ddpm::Error when it does not match the modules.
+inline std::string resume_training_state(
+    const CheckpointManager& manager, const TrainingStateRef& s, c10::optional<torch::Device> device = c10::nullopt,
+    const std::function<void(const std::string&, const std::string&)>& on_reject = {}) {
+  torch::serialize::InputArchive a;
+  const std::string path = manager.load_latest(a, on_reject, device);
+  if (path.empty()) return path;
+  try {
+    read_training_state(a, s);
+  } catch (const c10::Error& err) {
+    throw Error("cannot resume from '" + path + "': it does not match this configuration (" +
+                err.what_without_backtrace() +
+                "). Use a new --out folder or the model settings the checkpoint was trained with.");
+  }
+  return path;
 }
 
 /// What sampling needs from a training checkpoint: the EMA weights in a UNet built from the

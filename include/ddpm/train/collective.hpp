@@ -1,8 +1,10 @@
 #pragma once
 /// Data-parallel training's collectives (TrainerHooks) and the decisions the ranks make
-/// together: stopping (a signal or the time limit on any rank stops all) and checking that
+/// together: stopping (a signal or the time limit on any rank stops all: stop_decision) and checking that
 /// every rank resumed at the same step.
+#include <ddpm/detail/fields.hpp>
 #include <ddpm/error.hpp>
+#include <ddpm/train/run_result.hpp>
 
 #include <ATen/CPUGeneratorImpl.h>
 
@@ -10,6 +12,7 @@
 #include <torch/types.h>
 
 #include <cmath>
+#include <csignal>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -63,6 +66,28 @@ inline StopVote stop_vote(const TrainerHooks& h, bool signal, bool time_up) {
   const double mine = (signal ? 1.0 : 0.0) + (time_up ? static_cast<double>(n1) : 0.0);
   const int64_t sum = std::llround(h.allreduce_sum(mine));
   return {sum % n1 > 0, sum / n1 > 0};
+}
+
+/// Why training stops before its next step (status Completed: it goes on).
+struct StopDecision {
+  RunStatus status = RunStatus::Completed;
+  std::string message;
+};
+
+/// The ranks' stop decision before a step (one stop_vote): `signal` is the SIGINT/SIGTERM this
+/// rank received (0 = none), `time_up` whether this rank is past the time limit of
+/// `limit_minutes`. A signal on any rank interrupts all; so does the time limit.
+inline StopDecision stop_decision(const TrainerHooks& h, int signal, bool time_up, double limit_minutes) {
+  const StopVote vote = stop_vote(h, signal != 0, time_up);
+  if (vote.signal) {
+    return {RunStatus::Interrupted, signal != 0 ? std::string("interrupted by ") + (signal == SIGINT ? "SIGINT" : "SIGTERM")
+                                                : std::string("interrupted (a signal reached another rank)")};
+  }
+  if (vote.time_limit) {
+    return {RunStatus::TimeLimit, time_up ? "time limit of " + detail::format_number(limit_minutes) + " minutes reached"
+                                          : std::string("time limit reached (on another rank)")};
+  }
+  return {};
 }
 
 /// After resuming: every rank must continue from the same step (the same checkpoint in a

@@ -1,5 +1,5 @@
 #pragma once
-/// A run's metrics: out_dir/metrics.jsonl (one JSON object per log interval: step, loss,
+/// A run's metrics: the sums of a log interval (LogInterval), out_dir/metrics.jsonl (one JSON object per log interval: step, loss,
 /// lr, img_per_s, time, grad_norm; and one per evaluation: {"step", "eval": EvalResult JSON})
 /// and the curves drawn from it: out_dir/loss.png (loss) and out_dir/eval.png (the evaluation
 /// distance, when the run evaluates).
@@ -15,6 +15,30 @@
 #include <vector>
 
 namespace ddpm {
+
+/// The running sums of one log interval (the steps since the last metrics line): its mean
+/// loss and throughput, and the last finite gradient norm (kept across intervals).
+struct LogInterval {
+  double loss = 0;
+  double seconds = 0;
+  int64_t steps = 0;
+  double grad_norm = NAN;
+
+  void add(double step_loss, double step_seconds, double step_grad_norm) {
+    seconds += step_seconds;
+    loss += step_loss;
+    ++steps;
+    if (std::isfinite(step_grad_norm)) grad_norm = step_grad_norm;
+  }
+  double mean_loss() const { return loss / steps; }
+  /// Images per second with `global_batch` images a step (0 before any time has passed).
+  double images_per_second(int64_t global_batch) const { return seconds > 0 ? steps * global_batch / seconds : 0; }
+  /// Starts the next interval.
+  void clear() {
+    loss = seconds = 0;
+    steps = 0;
+  }
+};
 
 /// metrics.jsonl and loss.png of one run directory. `write` = false (ranks other than 0)
 /// keeps the curve in memory and writes nothing.

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <functional>
 #include <string>
 #include <unistd.h>
 
@@ -125,5 +126,17 @@ class ProgressBar {
   Clock::time_point last_print_{};
   bool printed_ = false;
 };
+
+/// A log that writes each message through `bar` while one is drawn (`bar` non-null: above it,
+/// without garbling it), else as a line on stderr. `bar` is read at every call.
+inline std::function<void(const std::string&)> log_to_stderr_or(ProgressBar* const& bar) {
+  return [&bar](const std::string& s) {
+    if (bar != nullptr) {
+      bar->message(s);
+    } else {
+      std::fprintf(stderr, "%s\n", s.c_str());
+    }
+  };
+}
 
 }  // namespace ddpm
