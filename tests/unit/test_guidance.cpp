@@ -259,7 +259,7 @@ TEST_CASE("Pipeline rejects labels and guidance that do not suit the UNet", "[gu
                 {"guidance_scale 3", "class-conditional"});
 }
 
-TEST_CASE("--class parsing: indices, names, lists, grid rows and clear errors", "[guidance][cli]") {
+TEST_CASE("parse_class_labels (--class): indices, names, lists, grid rows and clear errors", "[guidance][cli]") {
   const std::vector<std::string> names = {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                                           "Sandal",      "Shirt",   "Sneaker",  "Bag",   "Ankle boot"};
   CHECK(ddpm::parse_class_labels("7", names, 10) == std::vector<int64_t>{7});
