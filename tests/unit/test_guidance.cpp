@@ -161,7 +161,9 @@ TEST_CASE("The batched cond/uncond call equals two separate calls, with every sa
     const auto batched = ddpm::GuidedModel{unet, labels, 4, 3.0, 0.0}(latents, t);
     const auto two = TwoCallModel{unet, labels, 4, 3.0}(latents, t);
     INFO("max |diff| " << (batched - two).abs().max().item<double>());
-    CHECK(max_rel_err(batched, two) < 1e-6);
+    // The same float32 arithmetic on a batch of 6 vs two batches of 3: LibTorch 1.13 agrees to
+    // 1e-6; 2.x picks other convolution kernels per batch size (measured 1.4e-6 on 2.15).
+    CHECK(max_rel_err(batched, two) < (TORCH_VERSION_MAJOR >= 2 ? 1e-5 : 1e-6));
     // and it is a real mix: neither the conditional nor the unconditional output
     CHECK(max_rel_err(batched, unet->forward(latents, t, labels)) > 1e-3);
   }
