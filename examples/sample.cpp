@@ -15,7 +15,8 @@
 // --class takes an index, a class name recorded in the checkpoint, or one label per image;
 // without it the grid shows one class per row. --guidance-scale defaults to the run's
 // guidance_scale for checkpoints, 1 (no guidance) for diffusers folders.
-// Exit status: 0 ok, 2 bad flags / paths / files, 1 other failures.
+// Exit status: 0 ok, 2 bad flags / paths / files, 3 an output that cannot be written, 1 other
+// failures.
 #include <ddpm/runtime.hpp>
 #include <ddpm/guidance.hpp>
 #include <ddpm/io/png.hpp>
@@ -141,7 +142,9 @@ int main(int argc, char** argv) {
     std::vector<std::string> class_names;
     bool run_scale = false;  // guidance_scale taken from the checkpoint's run
     if (!checkpoint.empty()) {
-      auto loaded = ddpm::load_training_checkpoint(checkpoint, device);
+      auto loaded = ddpm::load_training_checkpoint(checkpoint, device, [](const std::string& p, const std::string& why) {
+        std::fprintf(stderr, "sample: warning: skipping checkpoint %s: %s\n", p.c_str(), why.c_str());
+      });
       unet = loaded.ema_model;
       scheduler_config = loaded.scheduler_config;
       class_names = loaded.class_names;
@@ -227,6 +230,8 @@ int main(int argc, char** argv) {
                    images_dir.c_str());
     }
     return 0;
+  } catch (const ddpm::IoError& e) {
+    return fail(e.what(), 3);
   } catch (const ddpm::Error& e) {
     return fail(e.what());
   } catch (const c10::Error& e) {

@@ -14,7 +14,8 @@
 //
 // Exit status: 0 done (also after a time limit or SIGINT/SIGTERM, with a checkpoint
 // saved), 1 training failure (e.g. NaN loss, a lost peer), 2 bad flags, paths,
-// config, data or distributed environment.
+// config, data or distributed environment, 3 a file that cannot be written (disk full,
+// permissions; earlier checkpoints are kept).
 #include <ddpm/distributed.hpp>
 #include <ddpm/runtime.hpp>
 #include <ddpm/train/trainer.hpp>
@@ -185,6 +186,8 @@ int main(int argc, char** argv) {
                    static_cast<long long>(trainer.best_eval_step()), trainer.best_eval_distance(), out_dir.c_str());
     }
     return 0;
+  } catch (const ddpm::IoError& e) {
+    return fail(e.what(), 3);
   } catch (const ddpm::Error& e) {
     return fail(e.what());
   } catch (const c10::Error& e) {

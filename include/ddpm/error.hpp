@@ -14,4 +14,13 @@ class Error : public std::runtime_error {
   explicit Error(const std::string& what) : std::runtime_error("ddpm: " + what) {}
 };
 
+/// Raised when the machine refuses a write the input was fine for: a checkpoint, a PNG, a
+/// JSON or safetensors file that cannot be written or renamed into place (disk full,
+/// permissions). The example CLIs exit with status 3 for it (2: bad input). Files written
+/// before it are left as they were.
+class IoError : public Error {
+ public:
+  explicit IoError(const std::string& what) : Error(what) {}
+};
+
 }  // namespace ddpm

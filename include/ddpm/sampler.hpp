@@ -181,7 +181,7 @@ inline std::string sampler_kind_name(SamplerKind k) { return sampler_info(k).nam
 
 inline void to_json(nlohmann::json& j, SamplerKind k) { j = sampler_kind_name(k); }
 inline void from_json(const nlohmann::json& j, SamplerKind& k) {
-  if (!j.is_string()) throw Error("sampler must be a string, got " + j.dump());
+  if (!j.is_string()) throw Error("sampler must be a string, got " + detail::truncated_dump(j));
   k = sampler_kind_from_string(j.get<std::string>());
 }
 
@@ -376,11 +376,7 @@ inline nlohmann::json read_scheduler_config(const std::string& path) {
   if (!in) throw Error("cannot open scheduler config '" + path + "'");
   std::stringstream ss;
   ss << in.rdbuf();
-  try {
-    return nlohmann::json::parse(detail::quote_nonfinite_literals(ss.str()));
-  } catch (const nlohmann::json::exception& e) {
-    throw Error("invalid JSON in scheduler config '" + path + "': " + e.what());
-  }
+  return detail::parse_json(detail::quote_nonfinite_literals(ss.str()), "invalid JSON in scheduler config '" + path + "'");
 }
 
 /// Reads a diffusers scheduler_config.json and builds the sampler (see make_sampler); errors

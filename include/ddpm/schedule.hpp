@@ -55,12 +55,16 @@ inline torch::Dtype schedule_dtype_from_json(const nlohmann::json& j, const std:
     if (s == "float32") return torch::kFloat32;
     if (s == "float64") return torch::kFloat64;
   }
-  throw Error(context + ": bad value for \"dtype\": " + j.dump() +
+  throw Error(context + ": bad value for \"dtype\": " + detail::truncated_dump(j) +
               "; valid values are \"float32\", \"float64\"");
 }
 }  // namespace detail
 
 DDPM_JSON_ENUM(BetaSchedule, detail::beta_schedule_names, "beta_schedule")
+
+/// Largest num_train_timesteps a schedule accepts (diffusers' models use 1000, some 4000): a
+/// config asking for more is refused before anything is allocated.
+constexpr int64_t kMaxTrainTimesteps = 100000;
 
 /// Options of a noise schedule; defaults are diffusers' (DDPM paper linear 1e-4..0.02, T = 1000).
 struct NoiseScheduleOptions {
@@ -227,6 +231,10 @@ class NoiseSchedule {
   explicit NoiseSchedule(NoiseScheduleOptions options = {}) : options_(std::move(options)) {
     const int64_t T = options_.num_train_timesteps();
     if (T <= 0) throw Error("noise schedule: num_train_timesteps must be > 0, got " + std::to_string(T));
+    if (T > kMaxTrainTimesteps) {
+      throw Error("noise schedule: num_train_timesteps = " + std::to_string(T) + " exceeds the limit " +
+                  std::to_string(kMaxTrainTimesteps));
+    }
     if (options_.dtype() != torch::kFloat32 && options_.dtype() != torch::kFloat64) {
       detail::schedule_dtype_name(options_.dtype());  // throws naming the dtype
     }

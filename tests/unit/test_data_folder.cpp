@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "test_util.hpp"
+#include "train_test_util.hpp"
 
 namespace {
 
@@ -436,28 +437,17 @@ TEST_CASE("Trainer: a few steps from a folder of PNG and JPEG files, by name and
   write_image(f.dir.file("dogs/z1.png"), synth_pixels(11, 9, 14, 3), 9, 14, 3);
   write_image(f.dir.file("cats/z2.jpg"), synth_pixels(12, 30, 18, 3), 30, 18, 3);
   const ddpm_test::TempDir out("folder_run");
-  ddpm::TrainConfig c;
+  ddpm::TrainConfig c = ddpm_test::tiny_train_config(out.str(), 8);
   c.dataset = "folder";
   c.data_dir = f.dir.str();
-  c.image_size = 8;
-  c.model = {{"block_out_channels", {16, 32}},
-             {"down_block_types", {"DownBlock2D", "DownBlock2D"}},
-             {"up_block_types", {"UpBlock2D", "UpBlock2D"}},
-             {"layers_per_block", 1},
-             {"norm_num_groups", 8},
-             {"add_attention", false}};
   c.batch_size = 4;
   c.steps = 3;
   c.warmup_steps = 1;
   c.num_threads = 2;
   c.loader_threads = 2;
   c.folder_crop = ddpm::CropMode::Random;
-  c.out_dir = out.str();
-  c.sample_every = 0;
   c.sample_count = 2;
   c.sample_steps = 1;
-  c.checkpoint_every = 0;
-  c.device = ddpm::DeviceKind::Cpu;
   std::vector<std::string> logs;
   {
     ddpm::Trainer t(c, {}, [&](const std::string& s) { logs.push_back(s); });

@@ -5,6 +5,7 @@
 #include "fixture_torch_version.hpp"
 #include "fixture_util.hpp"
 #include "test_util.hpp"
+#include "train_test_util.hpp"
 
 #include <ddpm/guidance.hpp>
 #include <ddpm/io/diffusers.hpp>
@@ -307,14 +308,7 @@ ddpm::ImageData corner_data(bool names = true) {
 }
 
 ddpm::TrainConfig cond_config(const std::string& out) {
-  ddpm::TrainConfig c;
-  c.image_size = 8;
-  c.model = {{"block_out_channels", {16, 32}},
-             {"down_block_types", {"DownBlock2D", "DownBlock2D"}},
-             {"up_block_types", {"UpBlock2D", "UpBlock2D"}},
-             {"layers_per_block", 1},
-             {"norm_num_groups", 8},
-             {"add_attention", false}};
+  ddpm::TrainConfig c = ddpm_test::tiny_train_config(out, 8);
   c.num_classes = 4;
   c.p_uncond = 0.25;
   c.guidance_scale = 2.0;
@@ -325,30 +319,14 @@ ddpm::TrainConfig cond_config(const std::string& out) {
   c.steps = 6;
   c.seed = 3;
   c.num_threads = 2;
-  c.out_dir = out;
   c.log_every = 1;
-  c.sample_every = 0;
   c.sample_count = 4;
   c.sample_steps = 2;
-  c.checkpoint_every = 0;
-  c.device = ddpm::DeviceKind::Cpu;
   return c;
 }
 
-struct QuietTrainer : ddpm::Trainer {
-  QuietTrainer(ddpm::TrainConfig c, ddpm::ImageData d)
-      : ddpm::Trainer(std::move(c), std::move(d), {}, [](const std::string&) {}) {
-    set_show_progress(false);
-  }
-};
-
-std::vector<double> metric_losses(const std::string& dir) {
-  std::ifstream in(dir + "/metrics.jsonl");
-  std::vector<double> out;
-  std::string line;
-  while (std::getline(in, line)) out.push_back(nlohmann::json::parse(line).at("loss").get<double>());
-  return out;
-}
+using ddpm_test::metric_losses;
+using ddpm_test::QuietTrainer;
 
 }  // namespace
 

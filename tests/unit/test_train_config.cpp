@@ -83,26 +83,37 @@ TEST_CASE("TrainConfig: ranges and choices come from the field list, errors name
     return std::string("no error");
   };
   CHECK(err({{"lr", -1}}) == "ddpm: training config: \"lr\" must be > 0, got -1");
-  CHECK(err({{"steps", -5}}) == "ddpm: training config: \"steps\" must be >= 0, got -5");
+  CHECK(err({{"steps", -5}}) == "ddpm: training config: \"steps\" must be in [0, 1e+12], got -5");
   CHECK(err({{"ema_decay", 1.5}}) == "ddpm: training config: \"ema_decay\" must be in [0, 1], got 1.5");
   CHECK(err({{"adam_beta2", -0.1}}) == "ddpm: training config: \"adam_beta2\" must be in [0, 1], got -0.1");
-  CHECK(err({{"image_size", 2}}) == "ddpm: training config: \"image_size\" must be >= 4, got 2");
+  CHECK(err({{"image_size", 2}}) == "ddpm: training config: \"image_size\" must be in [4, 16384], got 2");
   CHECK_THAT(err({{"dataset", "imagenet"}}),
              Catch::Contains("\"dataset\" must be one of \"auto\", \"cifar10\"") && Catch::Contains("got \"imagenet\""));
   CHECK_THAT(err({{"sampler", "bogus"}}), Catch::Contains("\"sampler\" must be one of \"ddpm\", \"ddim\", \"dpm++\""));
   CHECK_THAT(err({{"eval_sampler", "bogus"}}), Catch::Contains("\"eval_sampler\" must be one of \"\", \"ddpm\""));
   CHECK(err({{"eval_sampler", "euler"}}) == "no error");
-  CHECK(err({{"eval_every", -1}}) == "ddpm: training config: \"eval_every\" must be >= 0, got -1");
+  CHECK(err({{"eval_every", -1}}) == "ddpm: training config: \"eval_every\" must be in [0, 1e+12], got -1");
   CHECK_THAT(err({{"device", "tpu"}}), Catch::Contains("\"device\"") && Catch::Contains("\"auto\", \"cpu\", \"cuda\""));
   CHECK_THAT(err({{"learning_rate", 1}}),
              Catch::Contains("unknown key \"learning_rate\"") && Catch::Contains("known keys: dataset, data_dir"));
   CHECK_THAT(err({{"steps", "many"}}), Catch::Contains("bad value for \"steps\": \"many\""));
+  // Integers are never truncated, saturated or wrapped: a fraction, a huge float and a value
+  // beyond int64 are errors naming the key and the value; a float with an integral value is read.
+  CHECK_THAT(err({{"steps", 2.7}}), Catch::Contains("bad value for \"steps\": 2.7 (must be an integer in"));
+  CHECK_THAT(err({{"steps", 1e300}}), Catch::Contains("bad value for \"steps\": 1e+300 (must be an integer in"));
+  CHECK_THAT(err({{"steps", 18446744073709551615ull}}),
+             Catch::Contains("bad value for \"steps\": 18446744073709551615 (must be an integer in"));
+  CHECK(err({{"steps", 1e13}}) == "ddpm: training config: \"steps\" must be in [0, 1e+12], got 1e+13");
+  CHECK(nlohmann::json({{"steps", 3.0}}).get<ddpm::TrainConfig>().steps == 3);
+  CHECK_THAT(err({{"seed", -1}}), Catch::Contains("bad value for \"seed\": -1 (must be an integer in [0, 18446744073709551615]"));
+  CHECK_THAT(err({{"batch_size", 100000}}), Catch::Contains("\"batch_size\" must be in [1, 65536], got 100000"));
+  CHECK_THAT(err({{"time_limit_minutes", 1e300}}), Catch::Contains("\"time_limit_minutes\" must be in [0, 1e+07]"));
   CHECK_THAT(err({{"model", 3}}), Catch::Contains("\"model\" must be a preset name"));
   CHECK_THAT(err(nlohmann::json::array()), Catch::Contains("must be a JSON object"));
   // validate() applies the same ranges to a config built in code.
   ddpm::TrainConfig c;
   c.batch_size = 0;
-  CHECK_THROWS_WITH(ddpm::validate(c), "ddpm: training config: \"batch_size\" must be > 0, got 0");
+  CHECK_THROWS_WITH(ddpm::validate(c), "ddpm: training config: \"batch_size\" must be in [1, 65536], got 0");
   // Flags are derived from the keys unless a field names its own.
   std::vector<std::string> flags;
   ddpm::detail::for_each_field(c, [&](const ddpm::detail::FieldSpec& s, const auto&, const auto&) {

@@ -6,8 +6,10 @@
 #include <ddpm/train/progress.hpp>
 
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <string>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <vector>
 
@@ -119,6 +121,59 @@ TEST_CASE("Checkpoint round trip, keep-last-K, and corrupt/truncated files rejec
   }
   CHECK_THROWS_WITH(ddpm::read_checkpoint_file(dir + "/junk.pt", t), Catch::Contains("not a ddpm checkpoint"));
   CHECK_THROWS_WITH(ddpm::read_checkpoint_file(dir + "/missing.pt", t), Catch::Contains("cannot open"));
+}
+
+TEST_CASE("Checkpoint lifecycle: pruning spares later steps, stale temporaries and directories are handled",
+          "[train][checkpoint]") {
+  const ddpm_test::TempDir dir_tmp("ckpt_life");
+  const std::string dir = dir_tmp.str();
+  ddpm::CheckpointManager mgr(dir, 2);
+  auto make = [](int64_t step) {
+    torch::serialize::OutputArchive a;
+    a.write("step", torch::tensor(step));
+    return a;
+  };
+  // Every checkpoint of an earlier attempt is corrupt (steps 10 and 20): the run restarts at 0
+  // and saves steps 2, 4, 6. Pruning keeps the newest two of ITS checkpoints and deletes
+  // nothing newer than the one it just wrote and verified (before: it kept 10 and 20, the
+  // corrupt ones, and deleted the new good ones).
+  for (const char* name : {"ckpt-000000010.pt", "ckpt-000000020.pt"}) {
+    std::ofstream o(dir + "/" + name, std::ios::binary);
+    o << "corrupt";
+  }
+  for (int64_t step : {2, 4, 6}) {
+    auto a = make(step);
+    mgr.save(step, a);
+  }
+  std::vector<int64_t> steps;
+  for (const auto& [s, p] : mgr.list()) steps.push_back(s);
+  CHECK(steps == std::vector<int64_t>{4, 6, 10, 20});
+  std::vector<std::string> rejected;
+  torch::serialize::InputArchive in;
+  CHECK(mgr.load_latest(in, [&](const std::string& p, const std::string&) { rejected.push_back(p); }) ==
+        dir + "/ckpt-000000006.pt");
+  CHECK(rejected.size() == 2);  // 20 and 10, reported and skipped
+  // Reaching step 10 overwrites the corrupt file; later saves prune normally.
+  for (int64_t step : {10, 12}) {
+    auto a = make(step);
+    mgr.save(step, a);
+  }
+  steps.clear();
+  for (const auto& [s, p] : mgr.list()) steps.push_back(s);
+  CHECK(steps == std::vector<int64_t>{10, 12, 20});
+
+  // A killed writer's temporary is removed on start; a directory named like a checkpoint is
+  // neither listed nor read (it used to make the reader allocate its "size": std::bad_alloc).
+  { std::ofstream o(dir + "/ckpt-000000014.pt.tmp", std::ios::binary); o << "half written"; }
+  REQUIRE(::mkdir((dir + "/ckpt-000000099.pt").c_str(), 0755) == 0);
+  CHECK(mgr.remove_stale_temporaries() == std::vector<std::string>{dir + "/ckpt-000000014.pt.tmp"});
+  CHECK_FALSE(std::filesystem::exists(dir + "/ckpt-000000014.pt.tmp"));
+  CHECK(mgr.list().back().first == 20);
+  torch::serialize::InputArchive d;
+  CHECK_THROWS_WITH(ddpm::read_checkpoint_file(dir + "/ckpt-000000099.pt", d), Catch::Contains("not a regular file"));
+  CHECK(mgr.load_latest(d) == dir + "/ckpt-000000012.pt");
+  CHECK_THROWS_WITH(ddpm::load_training_checkpoint(dir + "/ckpt-000000099.pt"),
+                    Catch::Contains("no readable checkpoint") && Catch::Contains("ckpt-000000099.pt"));
 }
 
 TEST_CASE("Generator state survives a checkpoint; EMA save/load", "[train][checkpoint]") {

@@ -51,21 +51,8 @@ ddpm::Trainer::Log quiet() {
   return [](const std::string&) {};
 }
 
-// Trainers in these tests draw no progress bar.
-struct QuietTrainer : ddpm::Trainer {
-  QuietTrainer(ddpm::TrainConfig c, ddpm::ImageData d, ddpm::TrainerHooks h, ddpm::Trainer::Log l)
-      : ddpm::Trainer(std::move(c), std::move(d), std::move(h), std::move(l)) {
-    set_show_progress(false);
-  }
-};
-
-std::vector<double> metric_losses(const std::string& dir) {
-  std::ifstream in(dir + "/metrics.jsonl");
-  std::vector<double> out;
-  std::string line;
-  while (std::getline(in, line)) out.push_back(nlohmann::json::parse(line).at("loss").get<double>());
-  return out;
-}
+using ddpm_test::metric_losses;
+using ddpm_test::QuietTrainer;
 
 }  // namespace
 
@@ -175,6 +162,32 @@ TEST_CASE("A non-finite loss stops training and leaves the last good checkpoint"
   CHECK_NOTHROW(ddpm::read_checkpoint_file(res.checkpoint, a));
   ddpm::CheckpointManager mgr(cfg2.out_dir, 3);
   CHECK(mgr.list().back().first == res.step);  // nothing written after the bad step
+}
+
+TEST_CASE("A run killed before its first checkpoint leaves no duplicate metrics lines or temporaries",
+          "[train][trainer][checkpoint]") {
+  const std::string dir = temp_dir();
+  auto cfg = tiny_config(dir);
+  cfg.steps = 3;
+  cfg.checkpoint_every = 0;
+  {
+    // "Killed" after 3 logged steps, before any checkpoint: lines 1..3 and a half-written
+    // temporary are all it leaves.
+    QuietTrainer t(cfg, tiny_data(), {}, quiet());
+    std::ofstream o(dir + "/metrics.jsonl", std::ios::app);
+    for (int s = 1; s <= 3; ++s) o << nlohmann::json({{"step", s}, {"loss", 1.0}}).dump() << '\n';
+    std::ofstream tmp(dir + "/ckpt-000000003.pt.tmp", std::ios::binary);
+    tmp << "half";
+  }
+  QuietTrainer again(cfg, tiny_data(), {}, quiet());
+  CHECK(again.step() == 0);
+  CHECK_FALSE(std::ifstream(dir + "/ckpt-000000003.pt.tmp").good());
+  again.run();
+  std::vector<int64_t> steps;
+  std::ifstream in(dir + "/metrics.jsonl");
+  std::string line;
+  while (std::getline(in, line)) steps.push_back(nlohmann::json::parse(line).at("step").get<int64_t>());
+  CHECK(steps == std::vector<int64_t>{1, 2, 3});  // the new run's lines, once each
 }
 
 TEST_CASE("SIGINT during run() saves a checkpoint and stops; hooks are called", "[train][trainer]") {

@@ -1,10 +1,17 @@
 #pragma once
-/// Helpers shared by the trainer tests (test_train_*.cpp): a tiny training config. Apart from
+/// Helpers shared by the trainer tests (test_train_*.cpp, test_guidance.cpp,
+/// test_data_folder.cpp): a tiny training config, a quiet Trainer, the logged losses. Apart from
 /// test_util.hpp so that the other test files do not compile the training headers.
 #include <ddpm/train/config.hpp>
+#include <ddpm/train/trainer.hpp>
+
+#include <nlohmann/json.hpp>
 
 #include <cstdint>
+#include <fstream>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace ddpm_test {
 
@@ -27,6 +34,27 @@ inline ddpm::TrainConfig tiny_train_config(const std::string& out, int64_t image
   c.checkpoint_every = 0;
   c.device = ddpm::DeviceKind::Cpu;
   return c;
+}
+
+/// A Trainer that draws no progress bar and logs nothing (unless given a log).
+struct QuietTrainer : ddpm::Trainer {
+  QuietTrainer(ddpm::TrainConfig c, ddpm::ImageData d, ddpm::TrainerHooks h = {},
+               ddpm::Trainer::Log l = [](const std::string&) {})
+      : ddpm::Trainer(std::move(c), std::move(d), std::move(h), std::move(l)) {
+    set_show_progress(false);
+  }
+};
+
+/// The "loss" of every metrics.jsonl line of run directory `dir` (eval lines are skipped).
+inline std::vector<double> metric_losses(const std::string& dir) {
+  std::ifstream in(dir + "/metrics.jsonl");
+  std::vector<double> out;
+  std::string line;
+  while (std::getline(in, line)) {
+    const auto j = nlohmann::json::parse(line);
+    if (j.contains("loss")) out.push_back(j.at("loss").get<double>());
+  }
+  return out;
 }
 
 }  // namespace ddpm_test

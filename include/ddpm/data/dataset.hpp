@@ -12,8 +12,10 @@
 
 #include <zlib.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <fstream>
+#include <limits>
 #include <memory>
 #include <string>
 #include <vector>
@@ -156,13 +158,17 @@ inline bool file_exists(const std::string& path) {
 /// magic (1f 8b) are decompressed (zlib reads other files unchanged). Throws
 /// ddpm::Error naming the file when it is missing, unreadable or a corrupt /
 /// truncated gzip stream (with the decompressed offset reached).
-inline std::vector<uint8_t> read_file_bytes(const std::string& path) {
+/// At most `max_bytes` (decompressed) bytes are read: a caller that knows the size to expect
+/// passes it (+1 to notice trailing data), so a small gzip bomb stops there.
+inline std::vector<uint8_t> read_file_bytes(const std::string& path,
+                                            uint64_t max_bytes = std::numeric_limits<uint64_t>::max()) {
   gzFile f = gzopen(path.c_str(), "rb");
   if (f == nullptr) throw Error("cannot open '" + path + "'");
   std::vector<uint8_t> out;
   std::vector<uint8_t> buf(1 << 20);
-  for (;;) {
-    const int n = gzread(f, buf.data(), static_cast<unsigned>(buf.size()));
+  while (out.size() < max_bytes) {
+    const uint64_t want = std::min<uint64_t>(buf.size(), max_bytes - out.size());
+    const int n = gzread(f, buf.data(), static_cast<unsigned>(want));
     if (n < 0) {
       int errnum = 0;
       const char* msg = gzerror(f, &errnum);

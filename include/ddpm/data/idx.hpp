@@ -27,10 +27,20 @@ struct IdxArray {
   torch::Tensor data;
 };
 
-/// Parses IDX bytes already in memory; `path` only names the file in errors.
-/// Throws ddpm::Error naming the file and the byte offset on a wrong magic,
-/// an unsupported element type, a truncated header or data, or trailing bytes.
-inline IdxArray parse_idx(const std::vector<uint8_t>& bytes, const std::string& path) {
+namespace detail {
+
+/// Most data an IDX file may announce (the largest MNIST-family file holds 47 MB).
+constexpr uint64_t kMaxIdxDataBytes = uint64_t{1} << 32;
+
+/// What an IDX header announces.
+struct IdxLayout {
+  size_t header = 0;           ///< header bytes: 4 + 4 * ndim
+  std::vector<int64_t> dims;   ///< sizes from the header
+  uint64_t count = 0;          ///< data bytes: the product of dims (checked, <= kMaxIdxDataBytes)
+};
+
+/// Reads and checks the header at the start of `bytes` (which may hold only the header).
+inline IdxLayout idx_layout(const std::vector<uint8_t>& bytes, const std::string& path) {
   auto fail = [&](const std::string& what, size_t offset) -> void {
     throw Error("IDX file '" + path + "': " + what + " at byte offset " + std::to_string(offset));
   };
@@ -43,33 +53,59 @@ inline IdxArray parse_idx(const std::vector<uint8_t>& bytes, const std::string& 
   }
   const size_t ndim = bytes[3];
   if (ndim == 0 || ndim > 4) fail("bad number of dimensions " + std::to_string(ndim), 3);
-  const size_t header = 4 + 4 * ndim;
-  if (bytes.size() < header) fail("truncated header (file has " + std::to_string(bytes.size()) + " bytes)", bytes.size());
-  IdxArray out;
-  int64_t count = 1;
+  IdxLayout out;
+  out.header = 4 + 4 * ndim;
+  if (bytes.size() < out.header) {
+    fail("truncated header (file has " + std::to_string(bytes.size()) + " bytes)", bytes.size());
+  }
+  out.count = 1;
   for (size_t d = 0; d < ndim; ++d) {
-    const uint32_t s = detail::read_be32(bytes, 4 + 4 * d);
+    const uint32_t s = read_be32(bytes, 4 + 4 * d);
     if (s == 0 || s > (1u << 28)) fail("implausible dimension size " + std::to_string(s), 4 + 4 * d);
     out.dims.push_back(static_cast<int64_t>(s));
-    count *= static_cast<int64_t>(s);
+    if (out.count > kMaxIdxDataBytes / s) {  // checked before multiplying: no overflow
+      fail("the header announces more than " + std::to_string(kMaxIdxDataBytes >> 30) + " GiB of data", 4 + 4 * d);
+    }
+    out.count *= s;
   }
-  const size_t expected = header + static_cast<size_t>(count);
+  return out;
+}
+
+}  // namespace detail
+
+/// Parses IDX bytes already in memory; `path` only names the file in errors.
+/// Throws ddpm::Error naming the file and the byte offset on a wrong magic,
+/// an unsupported element type, a truncated header or data, a size beyond
+/// detail::kMaxIdxDataBytes, or trailing bytes.
+inline IdxArray parse_idx(const std::vector<uint8_t>& bytes, const std::string& path) {
+  const detail::IdxLayout layout = detail::idx_layout(bytes, path);
+  auto fail = [&](const std::string& what, size_t offset) -> void {
+    throw Error("IDX file '" + path + "': " + what + " at byte offset " + std::to_string(offset));
+  };
+  const uint64_t expected = layout.header + layout.count;
   if (bytes.size() < expected) {
-    fail("truncated: the header promises " + std::to_string(count) + " data bytes (file size " +
+    fail("truncated: the header promises " + std::to_string(layout.count) + " data bytes (file size " +
              std::to_string(expected) + ") but the data ends early",
          bytes.size());
   }
   if (bytes.size() > expected) {
-    fail("wrong size: " + std::to_string(bytes.size() - expected) +
-             " unexpected trailing bytes after the data", expected);
+    fail("wrong size: " + std::to_string(bytes.size() - expected) + " unexpected trailing bytes after the data",
+         static_cast<size_t>(expected));
   }
+  IdxArray out;
+  out.dims = layout.dims;
   out.data = torch::empty(out.dims, torch::kUInt8);
-  std::memcpy(out.data.data_ptr<uint8_t>(), bytes.data() + header, static_cast<size_t>(count));
+  std::memcpy(out.data.data_ptr<uint8_t>(), bytes.data() + layout.header, static_cast<size_t>(layout.count));
   return out;
 }
 
-/// Reads an IDX file (plain or .gz). See parse_idx for the errors.
-inline IdxArray read_idx(const std::string& path) { return parse_idx(detail::read_file_bytes(path), path); }
+/// Reads an IDX file (plain or .gz). See parse_idx for the errors. The header is read first and
+/// then at most the size it announces (+1 byte, to notice trailing data): a small gzip file
+/// that inflates to gigabytes is stopped there.
+inline IdxArray read_idx(const std::string& path) {
+  const detail::IdxLayout layout = detail::idx_layout(detail::read_file_bytes(path, 4 + 4 * 4), path);
+  return parse_idx(detail::read_file_bytes(path, layout.header + layout.count + 1), path);
+}
 
 /// Loads an images file (idx3, [N, H, W]) and its labels file (idx1, [N]) into
 /// ImageData with images uint8 [N, 1, H, W] and labels int64 [N].

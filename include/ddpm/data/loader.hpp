@@ -128,16 +128,18 @@ class BatchLoader {
     return perm.slice(0, start, start + opts_.batch_size);
   }
 
+  /// Seed of the random flips of batch `step` on this rank (in-memory and streamed alike).
+  uint64_t flip_seed(int64_t step) const {
+    return opts_.seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(step) * 1315423911ull +
+           static_cast<uint64_t>(opts_.rank) * 2654435761ull + 1;
+  }
+
   /// Batch `step` on this rank. Pure function of step.
   Batch batch(int64_t step) {
     if (stream_) return stream_batch(step);
     const auto idx = indices(step);
     auto x = images_.index_select(0, idx);
-    if (opts_.random_flip) {
-      const uint64_t s = opts_.seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(step) * 1315423911ull +
-                         static_cast<uint64_t>(opts_.rank) * 2654435761ull + 1;
-      x = random_hflip(x, at::detail::createCPUGenerator(s));
-    }
+    if (opts_.random_flip) x = random_hflip(x, at::detail::createCPUGenerator(flip_seed(step)));
     Batch b;
     b.images = to_model_range(x);
     if (labels_.defined()) b.labels = labels_.index_select(0, idx);
@@ -219,11 +221,7 @@ class BatchLoader {
                                  static_cast<uint64_t>(k) * 0x27D4EB2F165667C5ull;
       up[k] = stream_->read(ip[k], crop_seed, xp + k * c * s * s);
     }
-    if (opts_.random_flip) {
-      const uint64_t fs = opts_.seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(step) * 1315423911ull +
-                          static_cast<uint64_t>(opts_.rank) * 2654435761ull + 1;
-      x = random_hflip(x, at::detail::createCPUGenerator(fs));
-    }
+    if (opts_.random_flip) x = random_hflip(x, at::detail::createCPUGenerator(flip_seed(step)));
     Batch out;
     out.images = to_model_range(x);
     if (labels_.defined()) out.labels = labels_.index_select(0, used);

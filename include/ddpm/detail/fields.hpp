@@ -14,6 +14,7 @@
 /// is an error listing the known ones), field_keys, validate_fields (ranges and choices,
 /// ddpm::Error naming the key and value) and, in the examples, the command-line flags
 /// (examples/config_flags.hpp: CLI11 is an example dependency, not the library's).
+#include <ddpm/detail/json_util.hpp>
 #include <ddpm/error.hpp>
 
 #include <nlohmann/json.hpp>
@@ -96,6 +97,28 @@ struct IsOptional : std::false_type {};
 template <typename T>
 struct IsOptional<c10::optional<T>> : std::true_type {};
 
+template <typename T>
+struct IsIntegerVector : std::false_type {};
+template <typename I>
+struct IsIntegerVector<std::vector<I>> : std::bool_constant<std::is_integral_v<I> && !std::is_same_v<I, bool>> {};
+
+/// `j` as T: integers and lists of integers through json_integer (no truncation or
+/// wrap-around), the rest as nlohmann reads them.
+template <typename T>
+T json_value(const nlohmann::json& j) {
+  if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+    return json_integer<T>(j);
+  } else if constexpr (IsIntegerVector<T>::value) {
+    if (!j.is_array()) throw Error("must be a list of integers, got " + truncated_dump(j));
+    T out;
+    out.reserve(j.size());
+    for (const auto& e : j) out.push_back(json_integer<typename T::value_type>(e));
+    return out;
+  } else {
+    return j.get<T>();
+  }
+}
+
 /// nlohmann's JSON form; c10::optional is null or the value.
 struct PlainCodec {
   template <typename T>
@@ -112,10 +135,10 @@ struct PlainCodec {
       if (j.is_null()) {
         v = c10::nullopt;
       } else {
-        v = j.get<typename T::value_type>();
+        v = json_value<typename T::value_type>(j);
       }
     } else {
-      v = j.get<T>();
+      v = json_value<T>(j);
     }
   }
 };
@@ -169,7 +192,7 @@ inline std::string quoted_join(const std::vector<std::string>& names) {
 /// Throws ddpm::Error if `j` is not an object or holds a key outside `known` (keys starting
 /// with '_', such as diffusers' "_class_name", are allowed).
 inline void check_keys(const nlohmann::json& j, const std::vector<std::string>& known, const std::string& context) {
-  if (!j.is_object()) throw Error(context + " must be a JSON object, got " + j.dump());
+  if (!j.is_object()) throw Error(context + " must be a JSON object, got " + truncated_dump(j));
   for (auto it = j.begin(); it != j.end(); ++it) {
     const std::string& key = it.key();
     if (!key.empty() && key[0] == '_') continue;
@@ -230,9 +253,9 @@ void fields_from_json(const nlohmann::json& j, C& c, const std::string& context)
     try {
       codec.from(*it, m);
     } catch (const Error& e) {
-      throw Error(context + ": bad value for \"" + s.key + "\": " + e.what());
+      throw Error(context + ": bad value for \"" + s.key + "\": " + truncated_dump(*it) + " (" + error_text(e) + ")");
     } catch (const nlohmann::json::exception& e) {
-      throw Error(context + ": bad value for \"" + s.key + "\": " + it->dump() + " (" + e.what() + ")");
+      throw Error(context + ": bad value for \"" + s.key + "\": " + truncated_dump(*it) + " (" + e.what() + ")");
     }
     check_field(s, m, context);
   });

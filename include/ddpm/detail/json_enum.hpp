@@ -1,6 +1,7 @@
 #pragma once
 /// Helpers to (de)serialize enums as strings with nlohmann_json, rejecting
 /// unknown names with the list of valid ones.
+#include <ddpm/detail/json_util.hpp>
 #include <ddpm/error.hpp>
 
 #include <nlohmann/json.hpp>
@@ -52,7 +53,7 @@ const char* enum_to_string(E value, const EnumNames<E>& names, const char* what)
 template <typename E>
 E enum_from_json(const nlohmann::json& j, const EnumNames<E>& names, const char* what) {
   if (!j.is_string()) {
-    throw Error(std::string(what) + " must be a string, got " + j.dump() + "; valid values are " +
+    throw Error(std::string(what) + " must be a string, got " + truncated_dump(j) + "; valid values are " +
                 enum_name_list(names));
   }
   return enum_from_string(j.get<std::string>(), names, what);

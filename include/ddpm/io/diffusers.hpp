@@ -134,7 +134,7 @@ inline void save_diffusers_unet(const UNet& unet, const std::string& dir) {
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec || !fs::is_directory(dir)) {
-    throw Error("cannot create diffusers UNet folder '" + dir + "': " + ec.message());
+    throw IoError("cannot create diffusers UNet folder '" + dir + "': " + ec.message());
   }
   std::map<std::string, torch::Tensor> state;
   for (const auto& item : unet->named_parameters(/*recurse=*/true)) state[item.key()] = item.value().detach();

@@ -85,11 +85,11 @@ inline void write_file_bytes(const std::string& path, const std::vector<uint8_t>
   const std::string tmp = path + ".tmp";
   {
     std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    if (!f) throw Error("cannot write '" + path + "' (cannot open '" + tmp + "')");
+    if (!f) throw IoError("cannot write '" + path + "' (cannot open '" + tmp + "')");
     f.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-    if (!f) throw Error("cannot write '" + path + "'");
+    if (!f) throw IoError("cannot write '" + path + "'");
   }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) throw Error("cannot rename '" + tmp + "' to '" + path + "'");
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) throw IoError("cannot rename '" + tmp + "' to '" + path + "'");
 }
 
 /// Converts an image [C, H, W] (C = 1, 3 or 4; float in `range`, or uint8) into

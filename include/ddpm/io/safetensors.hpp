@@ -5,6 +5,7 @@
 /// offsets relative to the end of the header, plus an optional "__metadata__" object of
 /// string -> string. Every structural problem raises ddpm::Error naming the file (and the
 /// tensor where relevant); nothing is trusted from the file before it is checked.
+#include <ddpm/detail/json_util.hpp>
 #include <ddpm/error.hpp>
 
 #include <nlohmann/json.hpp>
@@ -86,12 +87,8 @@ inline nlohmann::json parse_safetensors_header(const std::string& text, const st
     }
     return true;
   };
-  nlohmann::json header;
-  try {
-    header = nlohmann::json::parse(text, callback);
-  } catch (const nlohmann::json::exception& e) {
-    throw Error("safetensors file '" + path + "': header is not valid JSON: " + e.what());
-  }
+  const nlohmann::json header =
+      detail::parse_json(text, "safetensors file '" + path + "': header is not valid JSON", callback);
   if (!duplicate.empty()) {
     throw Error("safetensors file '" + path + "': duplicate tensor name \"" + duplicate +
                 "\" in the header");
@@ -107,7 +104,7 @@ inline nlohmann::json parse_safetensors_header(const std::string& text, const st
 inline SafetensorsEntry parse_safetensors_entry(const std::string& name, const nlohmann::json& j,
                                                 uint64_t data_size, const std::string& path) {
   const std::string where = "safetensors file '" + path + "', tensor \"" + name + "\"";
-  if (!j.is_object()) throw Error(where + ": entry must be an object, got " + j.dump());
+  if (!j.is_object()) throw Error(where + ": entry must be an object, got " + detail::truncated_dump(j));
   for (auto it = j.begin(); it != j.end(); ++it) {
     if (it.key() != "dtype" && it.key() != "shape" && it.key() != "data_offsets") {
       throw Error(where + ": unknown field \"" + it.key() +
@@ -136,7 +133,7 @@ inline SafetensorsEntry parse_safetensors_entry(const std::string& name, const n
   bool overflow = false;
   for (const auto& d : *sh) {
     if (!d.is_number_unsigned() && !(d.is_number_integer() && d.get<int64_t>() >= 0)) {
-      throw Error(where + ": bad dimension " + d.dump() + " in shape " + sh->dump());
+      throw Error(where + ": bad dimension " + detail::truncated_dump(d) + " in shape " + detail::truncated_dump(*sh));
     }
     const uint64_t v = d.get<uint64_t>();
     if (v > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) overflow = true;
@@ -313,7 +310,7 @@ inline void save_safetensors(const std::string& path,
   const std::string tmp = path + ".tmp";
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) throw Error("cannot write safetensors file '" + tmp + "'");
+    if (!out) throw IoError("cannot write safetensors file '" + tmp + "'");
     uint64_t n = text.size();
     unsigned char len_bytes[8];
     for (int i = 0; i < 8; ++i) len_bytes[i] = static_cast<unsigned char>((n >> (8 * i)) & 0xff);
@@ -324,11 +321,11 @@ inline void save_safetensors(const std::string& path,
       if (bytes > 0) out.write(static_cast<const char*>(t.data_ptr()), bytes);
     }
     out.flush();
-    if (!out) throw Error("cannot write safetensors file '" + tmp + "' (disk full?)");
+    if (!out) throw IoError("cannot write safetensors file '" + tmp + "' (disk full?)");
   }
   if (std::rename(tmp.c_str(), path.c_str()) != 0) {
     std::remove(tmp.c_str());
-    throw Error("cannot rename '" + tmp + "' to '" + path + "'");
+    throw IoError("cannot rename '" + tmp + "' to '" + path + "'");
   }
 }
 

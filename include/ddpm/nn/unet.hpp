@@ -23,11 +23,23 @@
 #include <c10/util/Optional.h>
 
 #include <cmath>
+#include <cstdio>
 #include <map>
 #include <string>
 #include <vector>
 
 namespace ddpm {
+
+/// Limits UNetOptions::validate() enforces before a model is built, so a tiny hostile or
+/// mistyped config.json cannot start a runaway allocation (the largest diffusers UNet2DModels
+/// use 3-4 input channels, widths up to 1280 and ~1e9 parameters).
+constexpr int64_t kMaxUNetIOChannels = 1024;
+constexpr int64_t kMaxUNetChannels = 16384;
+constexpr int64_t kMaxUNetLayersPerBlock = 64;
+constexpr int64_t kMaxUNetSampleSize = 16384;
+constexpr int64_t kMaxUNetClassEmbeds = 1000000;
+/// Estimated parameters (detail::estimated_unet_parameters): 8 GB of float32 weights.
+constexpr double kMaxUNetParameters = 2e9;
 
 /// Every UNet2DModel config key used by DDPM-style folders (diffusers v0.31 names and defaults;
 /// a key missing from a config.json takes the diffusers default). Unsupported features
@@ -141,11 +153,11 @@ struct UNetOptions {
     nlohmann::json to(int64_t v) const { return v > 0 ? nlohmann::json(v) : nlohmann::json(nullptr); }
     void from(const nlohmann::json& j, int64_t& v) const {
       if (j.is_array() && j.size() == 2 && j[0] == j[1] && j[0].is_number_integer()) {
-        v = j[0].get<int64_t>();
+        v = detail::json_integer<int64_t>(j[0]);
       } else if (j.is_number_integer()) {
-        v = j.get<int64_t>();
+        v = detail::json_integer<int64_t>(j);
       } else {
-        throw Error("expected an integer or a square [h, w], got " + j.dump());
+        throw Error("expected an integer or a square [h, w], got " + detail::truncated_dump(j));
       }
     }
   };
@@ -209,6 +221,24 @@ inline std::string int_list(const std::vector<int64_t>& v) {
 
 }  // namespace detail
 
+namespace detail {
+
+/// About how many parameters a UNet of `o` has (within ~2x for any layout): the two 3x3
+/// convolutions of each of the 3 * layers_per_block + 1 ResNet blocks per level (down, up, and
+/// the level's share of the mid block) at that level's width, in floating point (no overflow).
+inline double estimated_unet_parameters(const UNetOptions& o) {
+  double total = 0;
+  for (const int64_t c : o.block_out_channels()) {
+    total += (3.0 * static_cast<double>(o.layers_per_block()) + 1.0) * 18.0 * static_cast<double>(c) * static_cast<double>(c);
+  }
+  if (o.num_class_embeds().has_value() && !o.block_out_channels().empty()) {
+    total += static_cast<double>(*o.num_class_embeds()) * 4.0 * static_cast<double>(o.block_out_channels()[0]);
+  }
+  return total;
+}
+
+}  // namespace detail
+
 inline void UNetOptions::validate(const std::string& context) const {
   const auto& ch = block_out_channels_;
   auto fail = [&](const std::string& what) { throw Error(context + ": " + what); };
@@ -240,6 +270,17 @@ inline void UNetOptions::validate(const std::string& context) const {
          " and " + std::to_string(out_channels_));
   }
   if (layers_per_block_ < 1) fail("layers_per_block must be >= 1, got " + std::to_string(layers_per_block_));
+  // Limits checked before anything is allocated (a config is a few hundred bytes; the model it
+  // describes must fit a machine): see kMaxUNetChannels and friends.
+  auto limit = [&](const char* key, int64_t v, int64_t max) {
+    if (v > max) fail(std::string(key) + " = " + std::to_string(v) + " exceeds the limit " + std::to_string(max));
+  };
+  limit("in_channels", in_channels_, kMaxUNetIOChannels);
+  limit("out_channels", out_channels_, kMaxUNetIOChannels);
+  limit("layers_per_block", layers_per_block_, kMaxUNetLayersPerBlock);
+  limit("sample_size", sample_size_, kMaxUNetSampleSize);
+  if (num_class_embeds_.has_value()) limit("num_class_embeds", *num_class_embeds_, kMaxUNetClassEmbeds);
+  for (int64_t c : ch) limit("block_out_channels entry", c, kMaxUNetChannels);
   if (norm_num_groups_ < 1) fail("norm_num_groups must be >= 1, got " + std::to_string(norm_num_groups_));
   if (num_levels() > 16) fail("too many levels (" + std::to_string(num_levels()) + ")");
   for (int64_t c : ch) {
@@ -274,6 +315,13 @@ inline void UNetOptions::validate(const std::string& context) const {
     if (up_block_types_[i] == "AttnUpBlock2D") check_heads(ch[ch.size() - 1 - i], "up_blocks." + std::to_string(i));
   }
   if (add_attention_) check_heads(ch.back(), "mid_block");
+  const double params = detail::estimated_unet_parameters(*this);
+  if (params > kMaxUNetParameters) {
+    char buf[160];
+    std::snprintf(buf, sizeof buf, "the UNet would have about %.3g parameters (%.3g GB of float32), above the limit %.3g",
+                  params, params * 4 / 1e9, kMaxUNetParameters);
+    fail(buf);
+  }
 }
 
 /// Writes the diffusers config.json form (all v0.31 keys plus "_class_name": "UNet2DModel").

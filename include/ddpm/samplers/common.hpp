@@ -80,10 +80,22 @@ inline std::vector<double> np_arange(double start, double stop, double step) {
   return y;
 }
 
-/// Throws unless 0 < n <= T, naming both.
+/// Throws ddpm::Error unless 0 < n <= T, naming both (a setting, not a tensor: the sampler
+/// protocol's contract, and exit status 2 in the CLIs).
 inline void check_num_inference_steps(int64_t n, int64_t T, const char* where) {
-  TORCH_CHECK(n > 0 && n <= T, where, ": num_inference_steps must be in [1, num_train_timesteps = ", T,
-              "], got ", n);
+  if (n <= 0 || n > T) {
+    throw Error(std::string(where) + ": num_inference_steps must be in [1, num_train_timesteps = " + std::to_string(T) +
+                "], got " + std::to_string(n));
+  }
+}
+
+/// Throws unless 0 <= steps_offset < T (the "leading" spacing adds it to timesteps in [0, T);
+/// checked before that sum, so a huge offset cannot overflow; the other spacings ignore it).
+inline void check_steps_offset(int64_t steps_offset, int64_t T, const char* where) {
+  if (steps_offset < 0 || steps_offset >= T) {
+    throw Error(std::string(where) + ": steps_offset must be in [0, num_train_timesteps = " + std::to_string(T) +
+                "), got " + std::to_string(steps_offset));
+  }
 }
 
 /// Throws if any timestep is outside [0, T) (e.g. a large steps_offset).
@@ -107,6 +119,7 @@ inline std::vector<int64_t> spaced_timesteps(int64_t T, int64_t N, TimestepSpaci
   std::vector<int64_t> ts;
   switch (spacing) {
     case TimestepSpacing::Leading: {
+      check_steps_offset(steps_offset, T, where);
       const int64_t ratio = T / N;
       for (int64_t i = N - 1; i >= 0; --i) ts.push_back(i * ratio + steps_offset);
       break;

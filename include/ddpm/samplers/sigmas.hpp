@@ -130,6 +130,7 @@ inline std::vector<double> float_spaced_timesteps(int64_t T, int64_t N, Timestep
       break;
     }
     case TimestepSpacing::Leading: {
+      check_steps_offset(steps_offset, T, where);
       const int64_t ratio = T / N;
       for (int64_t i = N - 1; i >= 0; --i) {
         ts.push_back(static_cast<double>(static_cast<float>(static_cast<double>(i * ratio)) +

@@ -179,6 +179,7 @@ class UniPCSampler {
         }
         case TimestepSpacing::Leading: {
           const int64_t ratio = T / (N + 1);
+          detail::check_steps_offset(options_.steps_offset(), T, where);
           for (int64_t i = N; i >= 1; --i) ts.push_back(i * ratio + options_.steps_offset());
           break;
         }

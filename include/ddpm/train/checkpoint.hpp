@@ -22,6 +22,7 @@
 /// from it.
 ///
 /// The other files of a run directory (TrainConfig::out_dir): train/run_dir.hpp.
+#include <ddpm/detail/json_util.hpp>
 #include <ddpm/error.hpp>
 #include <ddpm/nn/unet.hpp>
 #include <ddpm/train/ema.hpp>
@@ -40,7 +41,10 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <cerrno>
 #include <dirent.h>
+#include <fcntl.h>
+#include <unistd.h>
 #include <fstream>
 #include <functional>
 #include <string>
@@ -104,9 +108,47 @@ inline void archive_read_generator(torch::serialize::InputArchive& archive, cons
   gen.set_state(state.to(torch::kCPU));
 }
 
-/// Serializes `archive` and writes it to `path` with the integrity header,
-/// through `path.tmp` and a rename (an interrupted write never replaces a good
-/// file). Throws ddpm::Error naming the file on I/O failure.
+namespace detail {
+
+/// Writes all of `data` to `fd`; false on any error (errno set).
+inline bool write_all(int fd, const uint8_t* data, size_t size) {
+  while (size > 0) {
+    const ssize_t n = ::write(fd, data, std::min<size_t>(size, size_t{1} << 30));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return false;
+    }
+    data += n;
+    size -= static_cast<size_t>(n);
+  }
+  return true;
+}
+
+/// fsync of the directory holding `path`, so a rename into it survives a power cut (best
+/// effort: some file systems refuse to sync directories).
+inline void sync_parent_dir(const std::string& path) {
+  const auto slash = path.find_last_of('/');
+  const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
+  if (fd < 0) return;
+  (void)::fsync(fd);
+  ::close(fd);
+}
+
+/// The verified payload of the checkpoint at `path`: a regular file of at most
+/// kMaxCheckpointBytes whose header (magic, version, size) and CRC-32 check out. Throws
+/// ddpm::Error naming the file otherwise.
+inline std::vector<uint8_t> read_verified_checkpoint_payload(const std::string& path);
+
+}  // namespace detail
+
+/// Largest checkpoint file read (a checkpoint holds the model twice plus Adam's two moments).
+constexpr uint64_t kMaxCheckpointBytes = uint64_t{64} << 30;
+
+/// Serializes `archive` and writes it to `path` with the integrity header, through `path.tmp`,
+/// fsync and a rename (then an fsync of the directory): an interrupted write or a power cut
+/// never replaces a good file. Throws ddpm::Error naming the file on I/O failure (disk full:
+/// the temporary is removed, earlier checkpoints are untouched).
 inline void write_checkpoint_file(const std::string& path, torch::serialize::OutputArchive& archive) {
   std::vector<uint8_t> payload;
   archive.save_to([&](const void* data, size_t n) -> size_t {
@@ -119,62 +161,82 @@ inline void write_checkpoint_file(const std::string& path, torch::serialize::Out
   detail::put_le(header, payload.size(), 8);
   detail::put_le(header, detail::crc32_of(payload.data(), payload.size()), 4);
   const std::string tmp = path + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    if (!f) throw Error("cannot write checkpoint '" + tmp + "'");
-    f.write(reinterpret_cast<const char*>(header.data()), static_cast<std::streamsize>(header.size()));
-    f.write(reinterpret_cast<const char*>(payload.data()), static_cast<std::streamsize>(payload.size()));
-    f.flush();
-    if (!f) {
-      std::remove(tmp.c_str());
-      throw Error("cannot write checkpoint '" + tmp + "' (disk full?)");
-    }
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) throw IoError("cannot write checkpoint '" + tmp + "': " + std::strerror(errno));
+  const bool ok = detail::write_all(fd, header.data(), header.size()) &&
+                  detail::write_all(fd, payload.data(), payload.size()) && ::fsync(fd) == 0;
+  const int err = errno;
+  if (::close(fd) != 0 || !ok) {
+    std::remove(tmp.c_str());
+    throw IoError("cannot write checkpoint '" + tmp + "': " + std::strerror(ok ? errno : err) +
+                (err == ENOSPC ? " (disk full)" : ""));
   }
   if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    throw Error("cannot rename checkpoint '" + tmp + "' to '" + path + "'");
+    std::remove(tmp.c_str());
+    throw IoError("cannot rename checkpoint '" + tmp + "' to '" + path + "'");
   }
+  detail::sync_parent_dir(path);
 }
 
-/// Reads and verifies the checkpoint at `path` and loads its archive into
-/// `archive` (tensors mapped to `device` when given). Throws ddpm::Error naming
-/// the file when it is missing, not a ddpm checkpoint, truncated or corrupt.
-inline void read_checkpoint_file(const std::string& path, torch::serialize::InputArchive& archive,
-                                 c10::optional<torch::Device> device = c10::nullopt) {
-  std::ifstream f(path, std::ios::binary | std::ios::ate);
-  if (!f) throw Error("cannot open checkpoint '" + path + "'");
-  const auto file_size = static_cast<size_t>(f.tellg());
-  f.seekg(0);
-  std::vector<uint8_t> bytes(file_size);
-  f.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(file_size));
-  if (!f) throw Error("cannot read checkpoint '" + path + "'");
-  if (file_size < detail::kCheckpointHeader) {
+namespace detail {
+
+inline std::vector<uint8_t> read_verified_checkpoint_payload(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) throw Error("cannot open checkpoint '" + path + "'");
+  if (!S_ISREG(st.st_mode)) throw Error("checkpoint '" + path + "' is not a regular file");
+  const auto file_size = static_cast<uint64_t>(st.st_size);
+  if (file_size < kCheckpointHeader) {
     throw Error("checkpoint '" + path + "' is truncated: " + std::to_string(file_size) +
                 " bytes, smaller than the 24-byte header");
   }
-  if (std::memcmp(bytes.data(), detail::kCheckpointMagic, 8) != 0) {
+  if (file_size > kMaxCheckpointBytes) {
+    throw Error("checkpoint '" + path + "' is " + std::to_string(file_size) + " bytes, above the limit of " +
+                std::to_string(kMaxCheckpointBytes >> 30) + " GiB");
+  }
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw Error("cannot open checkpoint '" + path + "'");
+  uint8_t head[kCheckpointHeader];
+  f.read(reinterpret_cast<char*>(head), kCheckpointHeader);
+  if (!f) throw Error("cannot read checkpoint '" + path + "'");
+  if (std::memcmp(head, kCheckpointMagic, 8) != 0) {
     throw Error("'" + path + "' is not a ddpm checkpoint (bad magic at byte offset 0)");
   }
-  const uint32_t version = static_cast<uint32_t>(detail::get_le(bytes.data() + 8, 4));
-  if (version != detail::kCheckpointVersion) {
+  const uint32_t version = static_cast<uint32_t>(get_le(head + 8, 4));
+  if (version != kCheckpointVersion) {
     throw Error("checkpoint '" + path + "' has format version " + std::to_string(version) +
-                ", this build reads version " + std::to_string(detail::kCheckpointVersion));
+                ", this build reads version " + std::to_string(kCheckpointVersion));
   }
-  const uint64_t size = detail::get_le(bytes.data() + 12, 8);
-  const uint32_t crc = static_cast<uint32_t>(detail::get_le(bytes.data() + 20, 4));
-  if (file_size - detail::kCheckpointHeader != size) {
+  const uint64_t size = get_le(head + 12, 8);
+  const uint32_t crc = static_cast<uint32_t>(get_le(head + 20, 4));
+  if (file_size - kCheckpointHeader != size) {  // checked before allocating `size` bytes
     throw Error("checkpoint '" + path + "' is truncated or has extra bytes: the header announces " +
-                std::to_string(size) + " payload bytes, the file holds " +
-                std::to_string(file_size - detail::kCheckpointHeader));
+                std::to_string(size) + " payload bytes, the file holds " + std::to_string(file_size - kCheckpointHeader));
   }
-  const uint8_t* payload = bytes.data() + detail::kCheckpointHeader;
-  if (detail::crc32_of(payload, size) != crc) {
+  std::vector<uint8_t> payload(static_cast<size_t>(size));
+  f.read(reinterpret_cast<char*>(payload.data()), static_cast<std::streamsize>(size));
+  if (!f) throw Error("cannot read checkpoint '" + path + "'");
+  if (crc32_of(payload.data(), payload.size()) != crc) {
     throw Error("checkpoint '" + path + "' is corrupt: CRC-32 mismatch over its " + std::to_string(size) +
                 " payload bytes");
   }
+  return payload;
+}
+
+}  // namespace detail
+
+/// Reads and verifies the checkpoint at `path` and loads its archive into
+/// `archive` (tensors mapped to `device` when given). Throws ddpm::Error naming
+/// the file when it is missing, not a regular file, not a ddpm checkpoint, truncated,
+/// corrupt, or holds an archive LibTorch cannot decode (whatever LibTorch throws).
+inline void read_checkpoint_file(const std::string& path, torch::serialize::InputArchive& archive,
+                                 c10::optional<torch::Device> device = c10::nullopt) {
+  const std::vector<uint8_t> payload = detail::read_verified_checkpoint_payload(path);
   try {
-    archive.load_from(reinterpret_cast<const char*>(payload), size, device);
+    archive.load_from(reinterpret_cast<const char*>(payload.data()), payload.size(), device);
   } catch (const c10::Error& e) {
     throw Error("checkpoint '" + path + "' could not be decoded: " + e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    throw Error("checkpoint '" + path + "' could not be decoded: " + e.what());
   }
 }
 
@@ -202,8 +264,9 @@ class CheckpointManager {
       const std::string name = e->d_name;
       long long step = 0;
       char tail[8] = {0};
+      struct stat st {};
       if (name.size() == 17 && std::sscanf(name.c_str(), "ckpt-%9lld.%2s", &step, tail) == 2 &&
-          std::string(tail) == "pt") {
+          std::string(tail) == "pt" && ::stat((dir_ + "/" + name).c_str(), &st) == 0 && S_ISREG(st.st_mode)) {
         out.emplace_back(step, dir_ + "/" + name);
       }
     }
@@ -212,15 +275,37 @@ class CheckpointManager {
     return out;
   }
 
-  /// Writes the checkpoint of `step`, then deletes all but the newest keep_last.
+  /// Writes the checkpoint of `step` and verifies it (read back: header and CRC-32), then
+  /// deletes the older ones beyond the newest keep_last (this one included). Checkpoints of
+  /// LATER steps are never deleted (a run that restarted below corrupt ones keeps them until
+  /// it overwrites them), nor is anything deleted when the new file does not verify.
   std::string save(int64_t step, torch::serialize::OutputArchive& archive) const {
     const std::string path = path_for(step);
     write_checkpoint_file(path, archive);
-    auto all = list();
-    if (static_cast<int>(all.size()) > keep_last_) {
-      for (size_t i = 0; i + keep_last_ < all.size(); ++i) std::remove(all[i].second.c_str());
+    (void)detail::read_verified_checkpoint_payload(path);
+    std::vector<std::string> older;
+    for (const auto& [s, p] : list()) {
+      if (s < step) older.push_back(p);
     }
+    const size_t keep_older = static_cast<size_t>(keep_last_ - 1);
+    for (size_t i = 0; i + keep_older < older.size(); ++i) std::remove(older[i].c_str());
     return path;
+  }
+
+  /// Removes the temporaries `ckpt-<step>.pt.tmp` a killed writer left behind; returns them.
+  std::vector<std::string> remove_stale_temporaries() const {
+    std::vector<std::string> removed;
+    DIR* d = opendir(dir_.c_str());
+    if (d == nullptr) return removed;
+    while (dirent* e = readdir(d)) {
+      const std::string name = e->d_name;
+      if (name.size() == 21 && name.rfind("ckpt-", 0) == 0 && name.compare(14, 7, ".pt.tmp") == 0) {
+        removed.push_back(dir_ + "/" + name);
+      }
+    }
+    closedir(d);
+    for (const auto& p : removed) std::remove(p.c_str());
+    return removed;
   }
 
   /// Loads the newest checkpoint that passes the integrity check into `archive`
@@ -345,14 +430,16 @@ struct LoadedCheckpoint {
 };
 
 /// `path_or_dir` is a checkpoint file, or a run directory: then its newest checkpoint that
-/// passes the integrity check (as the trainer resumes). Throws ddpm::Error naming the file.
-inline LoadedCheckpoint load_training_checkpoint(const std::string& path_or_dir,
-                                                 torch::Device device = torch::Device(torch::kCPU)) {
+/// passes the integrity check (as the trainer resumes; each newer file it skips is reported
+/// through `on_reject(path, why)`). Throws ddpm::Error naming the file.
+inline LoadedCheckpoint load_training_checkpoint(
+    const std::string& path_or_dir, torch::Device device = torch::Device(torch::kCPU),
+    const std::function<void(const std::string&, const std::string&)>& on_reject = {}) {
   torch::serialize::InputArchive a;
   std::string path = path_or_dir;
   struct stat st {};
   if (::stat(path_or_dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
-    path = CheckpointManager(path_or_dir).load_latest(a, {}, device);
+    path = CheckpointManager(path_or_dir).load_latest(a, on_reject, device);
     if (path.empty()) {
       throw Error("no readable checkpoint (ckpt-<step>.pt) in directory '" + path_or_dir + "'");
     }
@@ -362,10 +449,13 @@ inline LoadedCheckpoint load_training_checkpoint(const std::string& path_or_dir,
   LoadedCheckpoint out;
   out.path = path;
   try {
-    out.unet_options = unet_options_from_json(nlohmann::json::parse(archive_read_string(a, "unet_config")),
-                                              "checkpoint '" + path + "' unet_config");
-    out.scheduler_config = nlohmann::json::parse(archive_read_string(a, "scheduler_config"));
-    out.train_config = nlohmann::json::parse(archive_read_string(a, "config"));
+    auto record = [&](const char* name) {
+      return detail::parse_json(archive_read_string(a, name), "checkpoint '" + path + "' holds invalid JSON in \"" +
+                                                                  std::string(name) + "\"");
+    };
+    out.unet_options = unet_options_from_json(record("unet_config"), "checkpoint '" + path + "' unet_config");
+    out.scheduler_config = record("scheduler_config");
+    out.train_config = record("config");
     torch::Tensor t;
     a.read("step", t, true);
     out.step = t.item<int64_t>();
@@ -375,7 +465,7 @@ inline LoadedCheckpoint load_training_checkpoint(const std::string& path_or_dir,
     e.read("weights", w);
     out.ema_model->load(w);
     try {
-      out.class_names = nlohmann::json::parse(archive_read_string(a, "class_names")).get<std::vector<std::string>>();
+      out.class_names = record("class_names").get<std::vector<std::string>>();
     } catch (const c10::Error&) {
       // older checkpoints and unlabelled data: no class names
     }

@@ -120,12 +120,12 @@ struct TrainConfig {
     f(S{"image_size",
         "training resolution: smaller in-memory images are padded (with the background value); folder images are "
         "resized (short side, antialiased) and cropped to it",
-        at_least(4)},
+        between(4, 16384)},
       c.image_size);
     f(S{"random_flip", "random horizontal flips (p = 0.5)"}, c.random_flip);
-    f(S{"prefetch", "batches prepared ahead by the loader (0 = load in the training thread)", at_least(0)},
+    f(S{"prefetch", "batches prepared ahead by the loader (0 = load in the training thread)", between(0, 1024)},
       c.prefetch);
-    f(S{"loader_threads", "worker threads decoding a streamed dataset (folder) ahead of training", at_least(1)},
+    f(S{"loader_threads", "worker threads decoding a streamed dataset (folder) ahead of training", between(1, 1024)},
       c.loader_threads);
     f(S{"color_mode",
         "channels: auto (as stored; a folder is grayscale when every file is), rgb, or grayscale (ITU-R 601 luma)"},
@@ -149,22 +149,22 @@ struct TrainConfig {
     f(S{"num_classes",
         "class-conditional training on the data's labels: the number of classes (0 = unconditional); the UNet "
         "gets num_class_embeds = num_classes + 1, the last being the null class",
-        at_least(0)},
+        between(0, 100000)},
       c.num_classes);
     f(S{"p_uncond", "probability that a training label is replaced by the null class (classifier-free guidance)",
         between(0, 1)},
       c.p_uncond);
     f(S{"guidance_scale", "classifier-free guidance scale of the sample grids and evaluation (1 = none)", at_least(0)},
       c.guidance_scale);
-    f(S{"steps", "total optimizer steps of the run", at_least(0)}, c.steps);
+    f(S{"steps", "total optimizer steps of the run", between(0, 1e12)}, c.steps);
     f(S{"time_limit_minutes", "stop (checkpoint + final sample grid) after this many minutes; 0 = no limit",
-        at_least(0), nullptr, "time-limit"},
+        between(0, 1e7), nullptr, "time-limit"},
       c.time_limit_minutes);
-    f(S{"batch_size", "images per step per process (global batch = world size x batch size)", above(0)},
+    f(S{"batch_size", "images per step per process (global batch = world size x batch size)", between(1, 65536)},
       c.batch_size);
     f(S{"optimizer", "optimizer"}, c.optimizer);
     f(S{"lr", "peak learning rate", above(0)}, c.lr);
-    f(S{"warmup_steps", "linear LR warmup steps", at_least(0)}, c.warmup_steps);
+    f(S{"warmup_steps", "linear LR warmup steps", between(0, 1e12)}, c.warmup_steps);
     f(S{"lr_schedule", "LR after warmup: constant, or cosine decay to 0 at steps"}, c.lr_schedule);
     f(S{"weight_decay", "weight decay (decoupled for AdamW, L2 for Adam)", at_least(0)}, c.weight_decay);
     f(S{"adam_beta1", "Adam beta1", between(0, 1)}, c.adam_beta1);
@@ -177,30 +177,30 @@ struct TrainConfig {
     f(S{"device", "auto (CUDA when available), cpu or cuda"}, c.device);
     f(S{"mixed_precision", "CUDA autocast: auto (bf16 where supported), none, bf16, fp16 (with loss scaling)"},
       c.mixed_precision);
-    f(S{"num_threads", "CPU threads (0 = all cores)", at_least(0), nullptr, "threads"}, c.num_threads);
+    f(S{"num_threads", "CPU threads (0 = all cores)", between(0, 4096), nullptr, "threads"}, c.num_threads);
     f(S{"out_dir", "output folder; rerun with the same folder to resume", {}, nullptr, "out"}, c.out_dir);
-    f(S{"log_every", "metrics.jsonl line (mean loss of the interval) every N steps", above(0)}, c.log_every);
-    f(S{"sample_every", "sample grid from the EMA model every N steps (0 = only at the end)", at_least(0)},
+    f(S{"log_every", "metrics.jsonl line (mean loss of the interval) every N steps", between(1, 1e12)}, c.log_every);
+    f(S{"sample_every", "sample grid from the EMA model every N steps (0 = only at the end)", between(0, 1e12)},
       c.sample_every);
-    f(S{"sample_count", "images per sample grid", above(0)}, c.sample_count);
+    f(S{"sample_count", "images per sample grid", between(1, 65536)}, c.sample_count);
     f(S{"sampler", "sampler for the grids", {}, &detail::grid_sampler_choices}, c.sampler);
-    f(S{"sample_steps", "denoising steps for the grids", above(0)}, c.sample_steps);
-    f(S{"checkpoint_every", "checkpoint every N steps (0 = only at the end / on interruption)", at_least(0)},
+    f(S{"sample_steps", "denoising steps for the grids", between(1, 100000)}, c.sample_steps);
+    f(S{"checkpoint_every", "checkpoint every N steps (0 = only at the end / on interruption)", between(0, 1e12)},
       c.checkpoint_every);
-    f(S{"keep_checkpoints", "how many checkpoints to keep", above(0)}, c.keep_checkpoints);
+    f(S{"keep_checkpoints", "how many checkpoints to keep", between(1, 1000000)}, c.keep_checkpoints);
     f(S{"eval_every",
         "score EMA samples (FD-fmnist, KID; needs 1-channel 28/32 px images) every N steps and at the end, "
         "keeping best.pt (0 = off)",
-        at_least(0)},
+        between(0, 1e12)},
       c.eval_every);
     f(S{"eval_samples", "images generated per evaluation (over all ranks; the FD wants > 10x its 128 feature dims)",
-        at_least(2)},
+        between(2, 10000000)},
       c.eval_samples);
-    f(S{"eval_steps", "denoising steps for the evaluation samples", above(0)}, c.eval_steps);
+    f(S{"eval_steps", "denoising steps for the evaluation samples", between(1, 100000)}, c.eval_steps);
     f(S{"eval_sampler", "sampler for the evaluation samples (\"\" = the grid sampler)", {},
         &detail::eval_sampler_choices},
       c.eval_sampler);
-    f(S{"eval_batch_size", "images per generation batch during evaluation", above(0)}, c.eval_batch_size);
+    f(S{"eval_batch_size", "images per generation batch during evaluation", between(1, 65536)}, c.eval_batch_size);
   }
 };
 

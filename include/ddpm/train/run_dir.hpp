@@ -60,7 +60,12 @@ class RunDir {
   /// Creates the directory and writes config.json, and class_names.json when `class_names` is
   /// not empty (class-conditional runs; what `sample --class NAME` resolves).
   void write_config(const nlohmann::json& effective_config, const std::vector<std::string>& class_names = {}) const {
-    std::filesystem::create_directories(dir_);
+    std::error_code ec;
+    std::filesystem::create_directories(dir_, ec);
+    if (ec || !std::filesystem::is_directory(dir_)) {
+      throw Error("output folder '" + dir_ + "' cannot be created: " +
+                  (ec ? ec.message() : std::string("a file of that name exists")));
+    }
     detail::write_json_file(config_path(), effective_config);
     if (!class_names.empty()) detail::write_json_file(dir_ + "/class_names.json", nlohmann::json(class_names));
   }

@@ -375,10 +375,16 @@ class Trainer {
   }
 
   void resume() {
+    if (is_main()) {
+      for (const auto& p : ckpt_->remove_stale_temporaries()) log_("removed the stale temporary " + p);
+    }
     resumed_from_ = state_->resume(*ckpt_, [&](const std::string& p, const std::string& why) {
       log_("warning: skipping checkpoint " + p + ": " + why);
     });
-    if (resumed_from_.empty()) return;
+    if (resumed_from_.empty()) {
+      metrics_->truncate_to(0);  // lines of an attempt killed before its first checkpoint
+      return;
+    }
     last_checkpoint_ = resumed_from_;
     last_checkpoint_step_ = step();
     if (step() > cfg_.steps) {
