@@ -1,17 +1,23 @@
 // evaluate: scores image samples (or a model, by sampling it) against reference statistics and
 // prints ONE JSON object on stdout: {"n", "metric", "features", "fd", "kid", "kid_std",
-// "reference", "reference_n", ["class_histogram", "class_names", "mean_confidence"], "wall_seconds"}.
+// "reference", "reference_n", ["class_histogram", "class_names", "mean_confidence"],
+// ["class_accuracy", "mean_class_accuracy"], "wall_seconds"}.
 //
 //   evaluate --samples DIR|GRID.png|SAMPLES.safetensors [--reference fashion-mnist|STATS|DIR]
 //            [--features classifier|inception]
-//   evaluate --model RUN_DIR|CKPT|DIFFUSERS_DIR --num-samples N [...]
+//   evaluate --model RUN_DIR|CKPT|DIFFUSERS_DIR --num-samples N [--guidance-scale S] [...]
 //   evaluate --reference DIR --features ... --save-stats OUT.safetensors   (precompute a reference)
+//
+// A class-conditional model draws class i mod K for image i, guided (the run's guidance_scale,
+// or --guidance-scale); when its classes are the classifier's (a Fashion-MNIST run), the JSON
+// also has the class accuracy: per class k, the share of the images drawn for k that the
+// classifier assigns to k, and its mean over the classes.
 //
 // Features "classifier" (default) are ddpm's Fashion-MNIST CNN (metric "FD-fmnist", not FID;
 // 1-channel 28x28/32x32 images); "inception" is pytorch-fid's Inception (metric "FID"; weights
 // via --inception-weights, converted by tools/convert_fid_inception.py). The reference defaults to
 // the committed Fashion-MNIST test-split statistics (classifier features). Exit status: 0 ok,
-// 2 bad flags / inputs / files, 1 other failures.
+// 2 bad flags / inputs / files, 3 an output that cannot be written, 1 other failures.
 #include <ddpm/data/idx.hpp>
 #include <ddpm/data/transforms.hpp>
 #include <ddpm/eval/evaluate.hpp>
@@ -59,10 +65,19 @@ torch::Tensor load_samples(const std::string& path, int64_t image_size, int64_t 
   throw ddpm::Error("--samples: '" + path + "' is neither a folder of PNGs, a .png grid nor a .safetensors tensor");
 }
 
+/// What generate() made.
+struct Generated {
+  torch::Tensor images;                  ///< [n, C, H, W] in [-1, 1]
+  std::vector<int64_t> labels;           ///< class-conditional models: the class of each image
+  std::vector<std::string> class_names;  ///< the run's class names by label (none for diffusers folders)
+};
+
 /// Generates `n` images from a train run / checkpoint (its EMA weights) or a diffusers folder
-/// through the Pipeline, in batches of `batch`.
-torch::Tensor generate(const std::string& model, int64_t n, int64_t batch, const std::string& sampler_name, int64_t steps,
-                       uint64_t seed, torch::Device device) {
+/// through the Pipeline, in batches of `batch`; a class-conditional model with guidance
+/// `guidance` (< 0: the run's guidance_scale, 1 for a diffusers folder).
+Generated generate(const std::string& model, int64_t n, int64_t batch, const std::string& sampler_name, int64_t steps,
+                   uint64_t seed, double guidance, torch::Device device) {
+  Generated out;
   // A train run also holds a config.json (the training config): recognise diffusers folders by
   // their pipeline index or weight file.
   const fs::path m(model);
@@ -71,10 +86,13 @@ torch::Tensor generate(const std::string& model, int64_t n, int64_t batch, const
   double guidance_scale = 1.0;  // class-conditional runs: the run's guidance_scale
   auto make_pipeline = [&]() {
     if (diffusers) return ddpm::Pipeline::from_diffusers(model, sampler_name, device);
-    auto loaded = ddpm::load_training_checkpoint(model, device);
+    auto loaded = ddpm::load_training_checkpoint(model, device, [](const std::string& p, const std::string& why) {
+      std::fprintf(stderr, "evaluate: warning: skipping checkpoint %s: %s\n", p.c_str(), why.c_str());
+    });
     if (loaded.train_config.value("num_classes", int64_t{0}) > 0) {
       guidance_scale = loaded.train_config.value("guidance_scale", 1.0);
     }
+    out.class_names = loaded.class_names;
     std::fprintf(stderr, "evaluate: checkpoint %s (step %lld, EMA weights)\n", loaded.path.c_str(),
                  static_cast<long long>(loaded.step));
     return ddpm::Pipeline(loaded.ema_model, ddpm::make_sampler(loaded.scheduler_config, sampler_name.empty() ? "ddim" : sampler_name),
@@ -88,11 +106,15 @@ torch::Tensor generate(const std::string& model, int64_t n, int64_t batch, const
   if (const int64_t k = ddpm::guidance_num_classes(pipe.unet()->options); k > 0) {
     std::vector<int64_t> labels(static_cast<size_t>(n));
     for (int64_t i = 0; i < n; ++i) labels[static_cast<size_t>(i)] = i % k;
+    if (guidance >= 0) guidance_scale = guidance;
     opts.class_labels(labels).guidance_scale(guidance_scale);
+    out.labels = labels;
     std::fprintf(stderr, "evaluate: class-conditional model: %lld classes in turn, guidance scale %g\n",
                  static_cast<long long>(k), guidance_scale);
+  } else if (guidance >= 0) {
+    throw ddpm::Error("--guidance-scale: '" + model + "' is not a class-conditional model");
   }
-  return pipe.generate(n, gen, opts,
+  out.images = pipe.generate(n, gen, opts,
                        [&](const ddpm::GenerateProgress& p) {
                          if (p.step == p.num_steps && p.batch_index != reported) {
                            reported = p.batch_index;
@@ -102,6 +124,7 @@ torch::Tensor generate(const std::string& model, int64_t n, int64_t batch, const
                          }
                          return true;
                        });
+  return out;
 }
 
 }  // namespace
@@ -117,6 +140,7 @@ int main(int argc, char** argv) {
           kid_subset_size = 1000, steps = 50, gen_batch = 100, keep_rows = 2000;
   uint64_t seed = 0;
   int threads = 0;
+  double guidance = -1;
   auto* samples_opt = app.add_option("--samples", samples, "folder of PNGs, PNG grid, or safetensors tensor [N, C, H, W] in [-1, 1]");
   auto* model_opt = app.add_option("--model", model, "train run directory / checkpoint, or diffusers folder, to sample");
   samples_opt->excludes(model_opt);
@@ -144,10 +168,15 @@ int main(int argc, char** argv) {
   app.add_option("--gen-batch", gen_batch, "with --model: images per sampling batch (default 100)")
       ->check(ddpm_examples::positive);
   app.add_option("--seed", seed, "with --model: seed (default 0)");
+  auto* guidance_opt = app.add_option("--guidance-scale", guidance,
+                                      "with a class-conditional --model: classifier-free guidance scale (default: the run's "
+                                      "guidance_scale; 1 = none)")
+                           ->check(CLI::NonNegativeNumber);
   app.add_option("--device", device_name, "cpu (default), cuda or auto")->check(CLI::IsMember({"auto", "cpu", "cuda"}));
   app.add_option("--threads", threads, "CPU threads (0 = all cores)")->check(ddpm_examples::non_negative);
   if (const int rc = ddpm_examples::parse_args(app, argc, argv); rc >= 0) return rc;
   if (!model.empty() && num_samples == 0) return fail("--model needs --num-samples N");
+  if (model.empty() && guidance_opt->count() > 0) return fail("--guidance-scale needs a class-conditional --model");
   if (samples.empty() && model.empty() && save_stats.empty()) {
     return fail("give --samples PATH or --model DIR --num-samples N (or --reference ... --save-stats OUT)");
   }
@@ -200,14 +229,20 @@ int main(int argc, char** argv) {
     }
 
     torch::Tensor images;
+    auto kid = ddpm::KidOptions().num_subsets(kid_subsets).subset_size(kid_subset_size);
+    auto eval_opts = ddpm::EvalOptions().batch_size(batch_size).kid(kid);
     if (!samples.empty()) {
       images = load_samples(samples, image_size, grid_padding, grid_count, tensor_key);
     } else {
-      images = generate(model, num_samples, gen_batch, sampler_name, steps, seed, device);
+      Generated g = generate(model, num_samples, gen_batch, sampler_name, steps, seed, guidance, device);
+      images = g.images;
+      if (!g.labels.empty() && !g.class_names.empty() && g.class_names == net->class_names()) {
+        eval_opts.intended_classes(g.labels);
+      } else if (!g.labels.empty()) {
+        std::fprintf(stderr, "evaluate: no class accuracy: the model's classes are not known to be the classifier's\n");
+      }
     }
-    auto kid = ddpm::KidOptions().num_subsets(kid_subsets).subset_size(kid_subset_size);
-    ddpm::EvalResult r =
-        ddpm::evaluate_samples(images, ref, *net, ddpm::EvalOptions().batch_size(batch_size).kid(kid));
+    ddpm::EvalResult r = ddpm::evaluate_samples(images, ref, *net, eval_opts);
     if (!save_stats.empty()) {
       ddpm::save_feature_stats(save_stats, ddpm::reference_stats(*net, images, keep_rows, batch_size),
                                {{"source", samples.empty() ? model : samples}});
@@ -217,6 +252,8 @@ int main(int argc, char** argv) {
     j["wall_seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::cout << j.dump() << std::endl;
     return 0;
+  } catch (const ddpm::IoError& e) {
+    return fail(e.what(), 3);
   } catch (const ddpm::Error& e) {
     return fail(e.what());
   } catch (const c10::Error& e) {

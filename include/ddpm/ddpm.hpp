@@ -63,6 +63,7 @@
 #include <ddpm/eval/feature_stats.hpp>
 #include <ddpm/eval/frechet.hpp>
 #include <ddpm/eval/kid.hpp>
+#include <ddpm/eval/class_accuracy.hpp>
 #include <ddpm/eval/classifier.hpp>
 #include <ddpm/eval/inception.hpp>
 #include <ddpm/eval/evaluate.hpp>

@@ -87,6 +87,82 @@ TEST_CASE("eval: evaluate_samples of the test split against its own committed st
   CHECK(noise.kid > 100 * (std::abs(half.kid) + half.kid_std));
 }
 
+TEST_CASE("eval: class_accuracy counts, per class and on average, what the classifier assigns to the intended class",
+          "[eval]") {
+  // Intended 0,1,2,2,2,0; predicted 0,1,1,2,2,2: class 0 one of two, class 1 one of one,
+  // class 2 two of three; class 3 has no images.
+  const torch::Tensor predicted = torch::tensor({0, 1, 1, 2, 2, 2}, torch::kLong);
+  const auto a = ddpm::class_accuracy(predicted, {0, 1, 2, 2, 2, 0}, 4);
+  CHECK(a.hits == std::vector<int64_t>{1, 1, 2, 0});
+  CHECK(a.totals == std::vector<int64_t>{2, 1, 3, 0});
+  const auto per = a.per_class();
+  CHECK(per[0] == 0.5);
+  CHECK(per[1] == 1.0);
+  CHECK(per[2] == Approx(2.0 / 3.0).epsilon(1e-15));
+  CHECK(std::isnan(per[3]));
+  CHECK(a.mean() == Approx((0.5 + 1.0 + 2.0 / 3.0) / 3.0).epsilon(1e-15));  // over the classes with images
+  CHECK(std::isnan(ddpm::ClassAccuracy{}.mean()));
+  CHECK_THROWS_WITH(ddpm::class_accuracy(predicted, {0, 1}, 4), Catch::Contains("6 predictions but 2 intended"));
+  CHECK_THROWS_WITH(ddpm::class_accuracy(predicted, {0, 1, 2, 2, 4, 0}, 4),
+                    Catch::Contains("intended label 4 of image 4") && Catch::Contains("[0, 4)"));
+  CHECK_THROWS_WITH(ddpm::class_accuracy(predicted.to(torch::kFloat32), {0, 1, 2, 2, 2, 0}, 4),
+                    Catch::Contains("integer predictions"));
+}
+
+TEST_CASE("eval: the class accuracy of the test split with its true labels is the classifier's test accuracy",
+          "[eval][classifier]") {
+  if (!have_fmnist()) {
+    WARN("Fashion-MNIST not installed: skipped");
+    return;
+  }
+  const auto test = ddpm::load_mnist_dir(kFmnistDir, false);
+  const auto labels_t = test.labels.to(torch::kLong).contiguous();
+  const std::vector<int64_t> labels(labels_t.data_ptr<int64_t>(), labels_t.data_ptr<int64_t>() + labels_t.numel());
+  const auto ref = ddpm::load_feature_stats(ddpm::find_eval_data(ddpm::kFmnistTestStatsFile));
+  const auto r = ddpm::evaluate_samples(fmnist_test_images(), ref, committed_net(),
+                                        ddpm::EvalOptions().kid(ddpm::KidOptions().num_subsets(2)).intended_classes(labels));
+  REQUIRE(r.class_accuracy.totals == std::vector<int64_t>(10, 1000));  // 1000 test images per class
+  int64_t hits = 0;
+  for (const int64_t h : r.class_accuracy.hits) hits += h;
+  // The recorded test accuracy (train_classifier's own count, 3 decimals); with equal class sizes
+  // the mean of the per-class shares is the overall share.
+  const double recorded = std::stod(committed_net().file().metadata.at("test_accuracy"));
+  CHECK(static_cast<double>(hits) / 10000.0 == Approx(recorded).margin(5e-4));
+  CHECK(r.class_accuracy.mean() == Approx(static_cast<double>(hits) / 10000.0).epsilon(1e-12));
+  // Shirts are the hardest Fashion-MNIST class for any classifier, trousers among the easiest.
+  const auto per = r.class_accuracy.per_class();
+  CHECK(per[6] < per[1]);
+  const auto j = r.to_json();
+  CHECK(j.at("class_accuracy").size() == 10);
+  CHECK(j.at("mean_class_accuracy").get<double>() == Approx(r.class_accuracy.mean()).epsilon(1e-12));
+  // Without intended classes, no class accuracy.
+  CHECK_FALSE(ddpm::evaluate_samples(fmnist_test_images().slice(0, 0, 300), ref, committed_net())
+                  .to_json()
+                  .contains("class_accuracy"));
+}
+
+TEST_CASE("eval: features without classes cannot score a class accuracy", "[eval]") {
+  // Two features per image (its mean and its first pixel), no class probabilities.
+  struct TwoFeatures : ddpm::FeatureNetwork {
+    std::string name() const override { return "two"; }
+    std::string metric() const override { return "FD-two"; }
+    int64_t dim() const override { return 2; }
+    void check_images(const torch::Tensor&) const override {}
+    ddpm::FeatureBatch compute(const torch::Tensor& x) override {
+      return {torch::stack({x.flatten(1).mean(1), x.flatten(1).select(1, 0)}, 1).to(torch::kFloat32), {}};
+    }
+    void to(torch::Device) override {}
+  } net;
+  ddpm::GaussianStats ref;
+  ref.mu = torch::zeros({2}, torch::kFloat64);
+  ref.sigma = torch::eye(2, torch::kFloat64);
+  ref.features = "two";
+  const torch::Tensor x = torch::rand({10, 1, 4, 4}) * 2 - 1;
+  CHECK(ddpm::evaluate_samples(x, ref, net).class_accuracy.empty());
+  CHECK_THROWS_WITH(ddpm::evaluate_samples(x, ref, net, ddpm::EvalOptions().intended_classes(std::vector<int64_t>(10, 0))),
+                    Catch::Contains("class accuracy needs a classifier") && Catch::Contains("'two'"));
+}
+
 TEST_CASE("eval: evaluate_samples rejects what it cannot score", "[eval][classifier]") {
   auto& net = committed_net();
   ddpm::GaussianStats ref;

@@ -2,6 +2,7 @@
 // in metrics.jsonl survive a resume, best.pt holds the EMA weights whose samples scored the
 // logged best distance (checked by regenerating them from best.pt independently of the trainer),
 // and two ranks' merged statistics give the FD of all their samples scored in one process.
+#include <ddpm/data/idx.hpp>
 #include <ddpm/eval/evaluate.hpp>
 #include <ddpm/pipeline.hpp>
 #include <ddpm/train/trainer.hpp>
@@ -56,12 +57,7 @@ ddpm::TrainConfig eval_config(const std::string& out) {
   return c;
 }
 
-struct QuietTrainer : ddpm::Trainer {
-  QuietTrainer(ddpm::TrainConfig c, ddpm::ImageData d, ddpm::TrainerHooks h = {})
-      : ddpm::Trainer(std::move(c), std::move(d), std::move(h), [](const std::string&) {}) {
-    set_show_progress(false);
-  }
-};
+using ddpm_test::QuietTrainer;
 
 struct Lines {
   std::vector<int64_t> loss_steps, eval_steps;
@@ -168,53 +164,77 @@ TEST_CASE("Evaluation during training logs eval lines and keeps best.pt; resume 
   CHECK(m.eval_steps == std::vector<int64_t>{2, 4, 6});
 }
 
-TEST_CASE("Rank-parallel evaluation merges the ranks' statistics into the FD of all their samples",
-          "[train][eval]") {
-  // Two ranks in two threads; allreduce_sum_tensor is an in-process rendezvous that sums.
+namespace {
+
+/// Two ranks in two threads evaluating `cfg` on `data`; allreduce_sum_tensor is an in-process
+/// rendezvous that sums.
+struct TwoRanks {
+  std::vector<std::unique_ptr<QuietTrainer>> ranks;
+  ddpm::EvalResult r0, r1;
+  /// Independently of the trainer: each rank's images regenerated from its seed (rank 0 first).
+  torch::Tensor regenerate(const ddpm::TrainConfig& cfg) const {
+    std::vector<torch::Tensor> all;
+    for (int r = 0; r < 2; ++r) {
+      const int64_t share = cfg.eval_samples / 2 + (r < cfg.eval_samples % 2 ? 1 : 0);
+      ddpm::Pipeline pipe(ranks[static_cast<size_t>(r)]->ema_model(),
+                          ddpm::make_sampler(ranks[0]->scheduler_config(), "dpmpp_2m"));
+      auto gen = at::detail::createCPUGenerator(cfg.seed + 0xe7a1ull + static_cast<uint64_t>(r) * 0x9E3779B97F4A7C15ull);
+      auto opts = ddpm::GenerateOptions().num_inference_steps(1).batch_size(4).sample_size(32);
+      if (cfg.num_classes > 0) {
+        std::vector<int64_t> labels;
+        for (int64_t i = 0; i < share; ++i) labels.push_back(i % cfg.num_classes);
+        opts.class_labels(labels).guidance_scale(cfg.guidance_scale);
+      }
+      all.push_back(pipe.generate(share, gen, opts));
+    }
+    return torch::cat(all);
+  }
+};
+
+TwoRanks evaluate_on_two_ranks(const ddpm::TrainConfig& cfg, const ddpm::ImageData& data) {
   struct Rendezvous {
     std::mutex m;
     std::condition_variable cv;
     torch::Tensor sum;
     int arrived = 0;
     bool done = false;
-  } rv;
-  auto allreduce = [&rv](const torch::Tensor& t) {
-    std::unique_lock<std::mutex> lock(rv.m);
-    rv.sum = rv.arrived == 0 ? t.clone() : rv.sum + t;
-    if (++rv.arrived == 2) {
-      rv.done = true;
-      rv.cv.notify_all();
-    } else {
-      rv.cv.wait(lock, [&] { return rv.done; });
-    }
-    return rv.sum.clone();
   };
-  auto cfg = eval_config(temp_dir());
-  cfg.eval_samples = 7;  // rank 0 generates 4, rank 1 3
-  std::vector<std::unique_ptr<QuietTrainer>> ranks;
+  auto rv = std::make_shared<Rendezvous>();  // the trainers' hooks keep it alive
+  auto allreduce = [rv](const torch::Tensor& t) {
+    std::unique_lock<std::mutex> lock(rv->m);
+    rv->sum = rv->arrived == 0 ? t.clone() : rv->sum + t;
+    if (++rv->arrived == 2) {
+      rv->done = true;
+      rv->cv.notify_all();
+    } else {
+      rv->cv.wait(lock, [&] { return rv->done; });
+    }
+    return rv->sum.clone();
+  };
+  TwoRanks out;
   for (int r = 0; r < 2; ++r) {
     ddpm::TrainerHooks h;
     h.rank = r;
     h.world_size = 2;
     h.allreduce_sum_tensor = allreduce;
-    ranks.push_back(std::make_unique<QuietTrainer>(cfg, block_data(1), h));
+    out.ranks.push_back(std::make_unique<QuietTrainer>(cfg, data, h));
   }
-  ddpm::EvalResult r1;
-  std::thread other([&] { r1 = ranks[1]->evaluate(); });
-  const ddpm::EvalResult r0 = ranks[0]->evaluate();
+  std::thread other([&] { out.r1 = out.ranks[1]->evaluate(); });
+  out.r0 = out.ranks[0]->evaluate();
   other.join();
+  return out;
+}
 
-  // Independently: each rank's images from its seed, scored together in one process.
-  std::vector<torch::Tensor> all;
-  for (int r = 0; r < 2; ++r) {
-    ddpm::Pipeline pipe(ranks[static_cast<size_t>(r)]->ema_model(),
-                        ddpm::make_sampler(ranks[0]->scheduler_config(), "dpmpp_2m"));
-    auto gen = at::detail::createCPUGenerator(cfg.seed + 0xe7a1ull + static_cast<uint64_t>(r) * 0x9E3779B97F4A7C15ull);
-    all.push_back(pipe.generate(r == 0 ? 4 : 3, gen,
-                                ddpm::GenerateOptions().num_inference_steps(1).batch_size(4).sample_size(32)));
-  }
+}  // namespace
+
+TEST_CASE("Rank-parallel evaluation merges the ranks' statistics into the FD of all their samples",
+          "[train][eval]") {
+  auto cfg = eval_config(temp_dir());
+  cfg.eval_samples = 7;  // rank 0 generates 4, rank 1 3
+  const TwoRanks two = evaluate_on_two_ranks(cfg, block_data(1));
+  const ddpm::EvalResult& r0 = two.r0;
   auto ev = ddpm::make_fmnist_evaluator(ddpm::EvalOptions().allow_few_samples(true));
-  const ddpm::EvalResult whole = ev(torch::cat(all));
+  const ddpm::EvalResult whole = ev(two.regenerate(cfg));
   CHECK(r0.n == 7);
   // 1e-6: the classifier's float32 features of batches of 4 + 3 vs 7 differ in the last bits, and
   // the FD of 7 samples in 128 dimensions (a singular covariance) amplifies that; a wrong merge
@@ -222,6 +242,44 @@ TEST_CASE("Rank-parallel evaluation merges the ranks' statistics into the FD of 
   CHECK(r0.fd == Approx(whole.fd).epsilon(1e-6));
   CHECK(r0.class_histogram == whole.class_histogram);
   CHECK(r0.mean_confidence == Approx(whole.mean_confidence).epsilon(1e-6));  // float32 softmax, batches 4+3 vs 7
+  CHECK(r0.class_accuracy.empty());  // unconditional: no class accuracy
   // Both ranks see the merged statistics.
-  CHECK(r1.fd == Approx(r0.fd).epsilon(1e-12));
+  CHECK(two.r1.fd == Approx(two.r0.fd).epsilon(1e-12));
+}
+
+TEST_CASE("Class-conditional rank-parallel evaluation merges the class accuracy of all the ranks' samples",
+          "[train][eval][guidance]") {
+  auto cfg = eval_config(temp_dir());
+  cfg.num_classes = 10;
+  cfg.guidance_scale = 2;
+  cfg.eval_samples = 23;  // rank 0: classes 0..9, 0, 1; rank 1: 0..9, 0
+  ddpm::ImageData data = block_data(1, 32);
+  data.labels = torch::arange(16, torch::kLong) % 10;
+  data.class_names = ddpm::fashion_mnist_class_names();  // the classifier's classes
+  const TwoRanks two = evaluate_on_two_ranks(cfg, data);
+  const ddpm::ClassAccuracy& acc = two.r0.class_accuracy;
+  REQUIRE(acc.totals.size() == 10);
+  CHECK(acc.totals == std::vector<int64_t>{4, 3, 2, 2, 2, 2, 2, 2, 2, 2});
+  // Independently: classify the regenerated images, count by hand what matches its label.
+  auto net = ddpm::load_fmnist_classifier_features();
+  const torch::Tensor probs = net->compute(two.regenerate(cfg)).probs;
+  const torch::Tensor predicted = probs.argmax(1);
+  std::vector<int64_t> hits(10, 0);
+  for (int64_t i = 0; i < 23; ++i) {
+    const int64_t label = (i < 12 ? i : i - 12) % 10;
+    if (predicted[i].item<int64_t>() == label) ++hits[static_cast<size_t>(label)];
+  }
+  CHECK(acc.hits == hits);
+  CHECK(two.r1.class_accuracy.hits == hits);
+  const auto j = two.r0.to_json();
+  REQUIRE(j.contains("class_accuracy"));
+  CHECK(j.at("class_accuracy").size() == 10);
+  double mean = 0;
+  for (size_t k = 0; k < 10; ++k) mean += static_cast<double>(hits[k]) / static_cast<double>(acc.totals[k]);
+  CHECK(j.at("mean_class_accuracy").get<double>() == Approx(mean / 10).epsilon(1e-12));
+
+  // Other class names (MNIST digits, say) are not the classifier's: no class accuracy.
+  data.class_names = ddpm::mnist_class_names();
+  cfg.out_dir = temp_dir() + "/digits";
+  CHECK(evaluate_on_two_ranks(cfg, data).r0.class_accuracy.empty());
 }

@@ -1,7 +1,8 @@
 #pragma once
 /// Scoring image samples against reference statistics: feature networks behind one interface,
 /// feature extraction in batches, and evaluate_samples() -> EvalResult {n, metric, features, FD,
-/// KID, class histogram, mean confidence}, the call the trainer and the evaluate CLI make.
+/// KID, class histogram, mean confidence, class accuracy}, the call the trainer and the evaluate
+/// CLI make.
 ///
 /// Feature networks:
 ///  - "fmnist-classifier" (metric "FD-fmnist"): ddpm's own CNN (eval/classifier.hpp) trained on
@@ -13,6 +14,7 @@
 /// DDPM_DATA_DIR (the source tree's share/ddpm for a build tree, <prefix>/share/ddpm once
 /// installed), and ../share/ddpm next to the running executable.
 #include <ddpm/error.hpp>
+#include <ddpm/eval/class_accuracy.hpp>
 #include <ddpm/eval/classifier.hpp>
 #include <ddpm/eval/feature_stats.hpp>
 #include <ddpm/eval/frechet.hpp>
@@ -181,6 +183,7 @@ struct ExtractedFeatures {
   FeatureStats stats;
   torch::Tensor features;        ///< float32 [N, D] (all rows, for KID)
   std::vector<int64_t> class_histogram;  ///< argmax counts per class (classifier only)
+  torch::Tensor predictions;             ///< int64 [N] argmax class per image (classifier only)
   double mean_confidence = std::numeric_limits<double>::quiet_NaN();  ///< mean max softmax
 };
 
@@ -195,7 +198,7 @@ inline ExtractedFeatures extract_features(FeatureNetwork& net, const torch::Tens
   net.check_images(images);
   ExtractedFeatures out;
   out.stats.reset(net.dim());
-  std::vector<torch::Tensor> rows;
+  std::vector<torch::Tensor> rows, predicted;
   torch::Tensor counts;
   double conf = 0;
   for (int64_t i = 0; i < images.size(0); i += batch_size) {
@@ -207,12 +210,14 @@ inline ExtractedFeatures extract_features(FeatureNetwork& net, const torch::Tens
       conf += maxp.to(torch::kFloat64).sum().item<double>();
       auto c = torch::bincount(arg, {}, b.probs.size(1));
       counts = counts.defined() ? counts + c : c;
+      predicted.push_back(arg.to(torch::kCPU, torch::kInt64));
     }
   }
   out.features = rows.empty() ? torch::zeros({0, net.dim()}) : torch::cat(rows);
   if (counts.defined()) {
     for (int64_t k = 0; k < counts.size(0); ++k) out.class_histogram.push_back(counts[k].item<int64_t>());
     out.mean_confidence = conf / static_cast<double>(images.size(0));
+    out.predictions = torch::cat(predicted);
   }
   return out;
 }
@@ -224,6 +229,9 @@ struct EvalOptions {
   TORCH_ARG(KidOptions, kid) = KidOptions();
   /// Accept n <= D (rank-deficient sample covariance; FD is then strongly biased).
   TORCH_ARG(bool, allow_few_samples) = false;
+  /// The class each image was generated for (a class-conditional model), one per image, in
+  /// the classifier's class indices: the result then has class_accuracy. Empty: none.
+  TORCH_ARG(std::vector<int64_t>, intended_classes) = {};
 };
 
 /// The scores of one set of samples.
@@ -238,11 +246,14 @@ struct EvalResult {
   std::vector<int64_t> class_histogram;  ///< empty unless the features come from a classifier
   std::vector<std::string> class_names;
   double mean_confidence = std::numeric_limits<double>::quiet_NaN();
+  /// With EvalOptions::intended_classes: the classifier's agreement with them.
+  ClassAccuracy class_accuracy;
   double wall_seconds = 0;
 
   /// {"n", "metric", "features", "fd", "kid", "kid_std", "reference_n", "class_histogram",
-  ///  "class_names", "mean_confidence", "wall_seconds"} in this order; NaNs become null;
-  /// the classifier-only keys are absent for other networks.
+  ///  "class_names", "mean_confidence", ["class_accuracy", "mean_class_accuracy"], "wall_seconds"}
+  ///  in this order; NaNs become null; the classifier-only keys are absent for other networks,
+  ///  the class accuracy without intended classes.
   nlohmann::ordered_json to_json() const {
     auto num = [](double v) -> nlohmann::ordered_json {
       return std::isfinite(v) ? nlohmann::ordered_json(v) : nlohmann::ordered_json();
@@ -260,6 +271,12 @@ struct EvalResult {
       if (!class_names.empty()) j["class_names"] = class_names;
       j["mean_confidence"] = num(mean_confidence);
     }
+    if (!class_accuracy.empty()) {
+      nlohmann::ordered_json per = nlohmann::ordered_json::array();
+      for (const double a : class_accuracy.per_class()) per.push_back(num(a));
+      j["class_accuracy"] = per;
+      j["mean_class_accuracy"] = num(class_accuracy.mean());
+    }
     j["wall_seconds"] = wall_seconds;
     return j;
   }
@@ -267,9 +284,11 @@ struct EvalResult {
 
 /// Scores `images` [N, C, H, W] in [-1, 1] against `reference` with `net`: FD between the
 /// samples' feature Gaussian and the reference's, KID against the reference's stored feature
-/// rows (when it has them; scaled by the reference's RMS spread when net.normalize_kid()), the classifier's class histogram and mean confidence. Throws
-/// ddpm::Error when the reference was computed with another feature network or dimension, or
-/// when N <= D (the sample covariance would be singular) unless options.allow_few_samples().
+/// rows (when it has them; scaled by the reference's RMS spread when net.normalize_kid()), the
+/// classifier's class histogram and mean confidence, and with options.intended_classes() the
+/// class accuracy. Throws ddpm::Error when the reference was computed with another feature
+/// network or dimension, when N <= D (the sample covariance would be singular) unless
+/// options.allow_few_samples(), or when intended classes are given to a network without classes.
 inline EvalResult evaluate_samples(const torch::Tensor& images, const GaussianStats& reference, FeatureNetwork& net,
                                    const EvalOptions& options = {}) {
   const auto t0 = std::chrono::steady_clock::now();
@@ -308,6 +327,13 @@ inline EvalResult evaluate_samples(const torch::Tensor& images, const GaussianSt
   r.class_histogram = ex.class_histogram;
   r.class_names = net.class_names();
   r.mean_confidence = ex.mean_confidence;
+  if (!options.intended_classes().empty()) {
+    if (!ex.predictions.defined()) {
+      throw Error("class accuracy needs a classifier; the '" + net.name() + "' features have no classes");
+    }
+    r.class_accuracy = class_accuracy(ex.predictions, options.intended_classes(),
+                                      static_cast<int64_t>(ex.class_histogram.size()));
+  }
   r.wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return r;
 }

@@ -56,6 +56,9 @@ struct TrainingEvalOptions {
   /// class i % num_classes), guided with guidance_scale as the grids are.
   TORCH_ARG(int64_t, num_classes) = 0;
   TORCH_ARG(double, guidance_scale) = 1.0;
+  /// The training data's class names by label. When they are the classifier's (Fashion-MNIST),
+  /// a class-conditional evaluation also scores the class accuracy (eval/class_accuracy.hpp).
+  TORCH_ARG(std::vector<std::string>, class_names) = {};
 };
 
 /// The evaluation settings of a training config (eval_sampler "" = the grid sampler).
@@ -92,9 +95,10 @@ inline void check_evaluation_fits(const TrainConfig& c, int64_t channels, const 
 namespace detail {
 
 /// evaluate_samples over the ranks: this rank's `images` are its share; the FD, class
-/// histogram and mean confidence come from the ranks' statistics merged by ONE call of
-/// `allreduce_sum_tensor` on [n, Σx, Σxxᵀ | class counts | Σ confidence]; KID from this
-/// rank's share. wall_seconds is left 0.
+/// histogram, mean confidence and (with opts.intended_classes) class accuracy come from the
+/// ranks' statistics merged by ONE call of `allreduce_sum_tensor` on
+/// [n, Σx, Σxxᵀ | class counts | Σ confidence | hits per class | totals per class]; KID from
+/// this rank's share. wall_seconds is left 0.
 inline EvalResult evaluate_across_ranks(const torch::Tensor& images, const Evaluator& evaluator, const EvalOptions& opts,
                                         const std::function<torch::Tensor(const torch::Tensor&)>& allreduce_sum_tensor) {
   FeatureNetwork& net = *evaluator.net;
@@ -105,7 +109,16 @@ inline EvalResult evaluate_across_ranks(const torch::Tensor& images, const Evalu
   for (int64_t i = 0; i < k; ++i) hist[i] = static_cast<double>(ex.class_histogram[static_cast<size_t>(i)]);
   const double share = static_cast<double>(images.size(0));
   const double conf = std::isfinite(ex.mean_confidence) ? ex.mean_confidence * share : 0.0;
-  const torch::Tensor packed = torch::cat({ex.stats.pack(), hist, torch::full({1}, conf, torch::kFloat64)});
+  const bool accuracy = !opts.intended_classes().empty() && ex.predictions.defined();
+  torch::Tensor acc = torch::zeros({accuracy ? 2 * k : 0}, torch::kFloat64);
+  if (accuracy) {
+    const ClassAccuracy mine = class_accuracy(ex.predictions, opts.intended_classes(), k);
+    for (int64_t i = 0; i < k; ++i) {
+      acc[i] = static_cast<double>(mine.hits[static_cast<size_t>(i)]);
+      acc[k + i] = static_cast<double>(mine.totals[static_cast<size_t>(i)]);
+    }
+  }
+  const torch::Tensor packed = torch::cat({ex.stats.pack(), hist, torch::full({1}, conf, torch::kFloat64), acc});
   const torch::Tensor sum = allreduce_sum_tensor(packed).to(torch::kCPU, torch::kFloat64);
   TORCH_CHECK(sum.numel() == packed.numel(), "Trainer::evaluate: allreduce_sum_tensor changed the size");
   const FeatureStats merged = FeatureStats::unpack(sum.slice(0, 0, 1 + d + d * d), d);
@@ -126,7 +139,14 @@ inline EvalResult evaluate_across_ranks(const torch::Tensor& images, const Evalu
   }
   for (int64_t i = 0; i < k; ++i) r.class_histogram.push_back(std::llround(sum[1 + d + d * d + i].item<double>()));
   r.class_names = net.class_names();
-  if (k > 0 && r.n > 0) r.mean_confidence = sum[sum.numel() - 1].item<double>() / static_cast<double>(r.n);
+  const int64_t tail = 1 + d + d * d + k;  // index of Σ confidence
+  if (k > 0 && r.n > 0) r.mean_confidence = sum[tail].item<double>() / static_cast<double>(r.n);
+  if (accuracy) {
+    for (int64_t i = 0; i < k; ++i) {
+      r.class_accuracy.hits.push_back(std::llround(sum[tail + 1 + i].item<double>()));
+      r.class_accuracy.totals.push_back(std::llround(sum[tail + 1 + k + i].item<double>()));
+    }
+  }
   return r;
 }
 
@@ -194,6 +214,7 @@ class TrainingEvaluator {
     const torch::Tensor images = pipe.generate(share, gen, gopts);
     EvalOptions opts = evaluator_.options;
     opts.allow_few_samples(true);  // small num_samples: warned about once by the constructor
+    if (scores_class_accuracy()) opts.intended_classes(gopts.class_labels());
     EvalResult r = (world == 1 || !hooks.allreduce_sum_tensor)
                        ? evaluate_samples(images, evaluator_.reference, *evaluator_.net, opts)
                        : detail::evaluate_across_ranks(images, evaluator_, opts, hooks.allreduce_sum_tensor);
@@ -208,9 +229,11 @@ class TrainingEvaluator {
                           const std::function<void(torch::serialize::OutputArchive&)>& write_state) {
     EvalRecordOutput out;
     out.new_best = std::isfinite(r.fd) && r.fd < best_fd_;
-    char buf[160];
-    std::snprintf(buf, sizeof buf, "eval step %lld: %s %.4g, KID %.4g (%lld samples, %.1f s)%s",
-                  static_cast<long long>(step), r.metric.c_str(), r.fd, r.kid, static_cast<long long>(r.n),
+    char buf[224];
+    char acc[48] = "";
+    if (!r.class_accuracy.empty()) std::snprintf(acc, sizeof acc, ", class accuracy %.1f%%", 100 * r.class_accuracy.mean());
+    std::snprintf(buf, sizeof buf, "eval step %lld: %s %.4g, KID %.4g%s (%lld samples, %.1f s)%s",
+                  static_cast<long long>(step), r.metric.c_str(), r.fd, r.kid, acc, static_cast<long long>(r.n),
                   r.wall_seconds, out.new_best ? ", new best" : "");
     out.message = buf;
     if (out.new_best) {
@@ -227,6 +250,13 @@ class TrainingEvaluator {
       best_step_ = step;
     }
     return out;
+  }
+
+  /// A class-conditional run on the classifier's classes (the same names, in the same order):
+  /// evaluate() also scores the class accuracy.
+  bool scores_class_accuracy() const {
+    return options_.num_classes() > 0 && !options_.class_names().empty() &&
+           options_.class_names() == evaluator_.net->class_names();
   }
 
   /// Lowest distance so far (+inf when none) and its step (-1 when none).

@@ -358,7 +358,7 @@ class Trainer {
   void setup_evaluation() {
     if (cfg_.eval_every <= 0) return;
     check_evaluation_fits(cfg_, loader_channels_, dataset_name_, hooks_.world_size);
-    evaluator_ = std::make_unique<TrainingEvaluator>(evaluation_options_of(cfg_), run_dir_, device_,
+    evaluator_ = std::make_unique<TrainingEvaluator>(evaluation_options_of(cfg_).class_names(class_names_), run_dir_, device_,
                                                      [this](const std::string& m) { log(m); });
   }
 
