@@ -77,6 +77,7 @@ struct Generated {
 /// `guidance` (< 0: the run's guidance_scale, 1 for a diffusers folder).
 Generated generate(const std::string& model, int64_t n, int64_t batch, const std::string& sampler_name, int64_t steps,
                    uint64_t seed, double guidance, torch::Device device) {
+  // steps <= 0: the run's grid steps (train runs), 50 (diffusers folders).
   Generated out;
   // A train run also holds a config.json (the training config): recognise diffusers folders by
   // their pipeline index or weight file.
@@ -85,7 +86,10 @@ Generated generate(const std::string& model, int64_t n, int64_t batch, const std
                          fs::exists(m / "unet" / "config.json");
   double guidance_scale = 1.0;  // class-conditional runs: the run's guidance_scale
   auto make_pipeline = [&]() {
-    if (diffusers) return ddpm::Pipeline::from_diffusers(model, sampler_name, device);
+    if (diffusers) {
+      if (steps <= 0) steps = 50;
+      return ddpm::Pipeline::from_diffusers(model, sampler_name, device);
+    }
     auto loaded = ddpm::load_training_checkpoint(model, device, [](const std::string& p, const std::string& why) {
       std::fprintf(stderr, "evaluate: warning: skipping checkpoint %s: %s\n", p.c_str(), why.c_str());
     });
@@ -95,8 +99,11 @@ Generated generate(const std::string& model, int64_t n, int64_t batch, const std
     out.class_names = loaded.class_names;
     std::fprintf(stderr, "evaluate: checkpoint %s (step %lld, EMA weights)\n", loaded.path.c_str(),
                  static_cast<long long>(loaded.step));
-    return ddpm::Pipeline(loaded.ema_model, ddpm::make_sampler(loaded.scheduler_config, sampler_name.empty() ? "ddim" : sampler_name),
-                          device);
+    // Unless given, sample as the run drew its grids (its "sampler" and "sample_steps").
+    if (steps <= 0) steps = loaded.train_config.value("sample_steps", int64_t{50});
+    const std::string name =
+        sampler_name.empty() ? loaded.train_config.value("sampler", std::string("ddim")) : sampler_name;
+    return ddpm::Pipeline(loaded.ema_model, ddpm::make_sampler(loaded.scheduler_config, name), device);
   };
   ddpm::Pipeline pipe = make_pipeline();
   auto gen = at::detail::createCPUGenerator(seed);
@@ -137,7 +144,7 @@ int main(int argc, char** argv) {
   std::string samples, model, reference = "fashion-mnist", features = "classifier", inception_weights, classifier,
                            save_stats, tensor_key, sampler_name, device_name = "cpu";
   int64_t num_samples = 0, image_size = 32, grid_padding = 2, grid_count = 0, batch_size = 250, kid_subsets = 100,
-          kid_subset_size = 1000, steps = 50, gen_batch = 100, keep_rows = 2000;
+          kid_subset_size = 1000, steps = 0, gen_batch = 100, keep_rows = 2000;
   uint64_t seed = 0;
   int threads = 0;
   double guidance = -1;
@@ -163,8 +170,11 @@ int main(int argc, char** argv) {
   app.add_option("--batch-size", batch_size, "feature batch size (default 250)")->check(ddpm_examples::positive);
   app.add_option("--kid-subsets", kid_subsets, "KID subsets (default 100)")->check(ddpm_examples::positive);
   app.add_option("--kid-subset-size", kid_subset_size, "KID subset size (default 1000)")->check(ddpm_examples::positive);
-  app.add_option("--sampler", sampler_name, "with --model: any name `sample --sampler list` prints (default: the folder's scheduler; ddim for runs)");
-  app.add_option("--steps", steps, "with --model: sampling steps (default 50)")->check(ddpm_examples::positive);
+  app.add_option("--sampler", sampler_name,
+                 "with --model: any name `sample --sampler list` prints (default: the folder's scheduler; for a "
+                 "train run the sampler of its grids)");
+  app.add_option("--steps", steps, "with --model: sampling steps (default 50; for a train run the steps of its grids)")
+      ->check(ddpm_examples::positive);
   app.add_option("--gen-batch", gen_batch, "with --model: images per sampling batch (default 100)")
       ->check(ddpm_examples::positive);
   app.add_option("--seed", seed, "with --model: seed (default 0)");

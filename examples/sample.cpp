@@ -73,7 +73,8 @@ int main(int argc, char** argv) {
   ckpt_opt->excludes(diff_opt);
   app.add_option("--sampler", sampler_name,
                  "sampler name (`--sampler list` prints them all; default: the folder's scheduler class, "
-                 "ddim for checkpoints); the scheduler config's schedule, prediction type, clipping and spacing apply")
+                 "for a checkpoint the sampler of its run's grids); the scheduler config's schedule, prediction type, "
+                 "clipping and spacing apply")
       ->check([](const std::string& name) -> std::string {
         if (name == "list") return {};
         try {
@@ -85,7 +86,9 @@ int main(int argc, char** argv) {
       });
   app.add_option("--batch-size", batch_size, "images per batch: bounds memory whatever --num-samples is (default 64)")
       ->check(ddpm_examples::positive);
-  app.add_option("--steps", steps, "number of denoising steps (default 50)")->check(ddpm_examples::positive);
+  app.add_option("--steps", steps,
+                 "number of denoising steps (default 50; for a checkpoint the steps of its run's grids)")
+      ->check(ddpm_examples::positive);
   app.add_option("--seed", seed, "seed of the initial noise and of stochastic samplers (default 0)");
   app.add_option("--num-samples", num_samples, "images to draw (default 16; with --latents: their batch size)")
       ->check(ddpm_examples::positive);
@@ -153,7 +156,9 @@ int main(int argc, char** argv) {
         guidance_scale = loaded.train_config.at("guidance_scale").get<double>();
         run_scale = true;
       }
-      if (sampler_name.empty()) sampler_name = "ddim";
+      // Unless given, sample as the run drew its grids (its "sampler" and "sample_steps").
+      if (sampler_name.empty()) sampler_name = loaded.train_config.value("sampler", std::string("ddim"));
+      if (!app.count("--steps")) steps = loaded.train_config.value("sample_steps", int64_t{50});
       std::fprintf(stderr, "sample: checkpoint %s (step %lld)\n", loaded.path.c_str(),
                    static_cast<long long>(loaded.step));
     } else {
