@@ -61,14 +61,7 @@ std::vector<uint8_t> idx_labels(int n) {
   return b;
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "";
-}
+using ddpm_test::error_of;
 
 }  // namespace
 

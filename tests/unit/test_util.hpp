@@ -6,6 +6,7 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <initializer_list>
 #include <memory>
 #include <string>
@@ -40,6 +41,16 @@ inline std::string process_temp_dir(const std::string& tag) {
   static std::vector<std::unique_ptr<TempDir>> dirs;
   dirs.push_back(std::make_unique<TempDir>(tag));
   return dirs.back()->str();
+}
+
+/// The message of whatever std::exception `f` throws; "" when it throws nothing.
+inline std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "";
 }
 
 /// Runs `fn`, which must throw ddpm::Error whose message contains every string in `parts`.
