@@ -4,6 +4,7 @@
 #include <ddpm/train/trainer.hpp>
 
 #include <csignal>
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <unistd.h>
@@ -73,6 +74,57 @@ TEST_CASE("Training steps on tiny data lower the loss on a fixed evaluation batc
   CHECK(trainer.lr_at(0) == Approx(1.5e-3));
   CHECK(trainer.lr_at(1) == Approx(3e-3));
   CHECK(trainer.lr_at(25) == Approx(3e-3));
+}
+
+TEST_CASE("A checkpoint of another model is refused by resume and by sampling from its run folder",
+          "[train][trainer][checkpoint][limits]") {
+  const std::string dir_a = temp_dir(), dir_c = temp_dir();
+  {
+    QuietTrainer a(tiny_config(dir_a), tiny_data(), {}, quiet());
+    REQUIRE(a.run().step == 6);
+  }
+  const std::string ckpt = dir_a + "/ckpt-000000006.pt";
+  std::ifstream cfg_in(dir_a + "/config.json");
+  const nlohmann::json run_config = nlohmann::json::parse(cfg_in);
+  // Resuming with another schedule: refused, naming the key; the run's files stay as they were.
+  auto other = tiny_config(dir_a);
+  other.steps = 12;
+  other.schedule.beta_end(0.03);
+  const std::string why = ddpm_test::error_of([&] { QuietTrainer t(other, tiny_data(), {}, quiet()); });
+  CHECK_THAT(why, Catch::Contains("another model than this run's configuration") && Catch::Contains("\"schedule\"") &&
+                      Catch::Contains(ckpt) && Catch::Contains("new --out"));
+  std::ifstream cfg_again(dir_a + "/config.json");
+  CHECK(nlohmann::json::parse(cfg_again) == run_config);
+  // ... and another class count (the UNet's shapes would not even differ in the schedule case).
+  auto classes = tiny_config(dir_a);
+  classes.steps = 12;
+  classes.num_classes = 4;
+  CHECK_THAT(ddpm_test::error_of([&] { QuietTrainer t(classes, tiny_data(), {}, quiet()); }),
+             Catch::Contains("another model"));
+  // The same settings resume (the check compares what defines the model, not the step budget).
+  {
+    auto more = tiny_config(dir_a);
+    more.steps = 7;
+    QuietTrainer t(more, tiny_data(), {}, quiet());
+    CHECK(t.resumed_from() == ckpt);
+  }
+  // The checkpoint copied into a folder whose config.json says another schedule: refused, as a
+  // run folder and as a file; with that run's own config.json it loads.
+  std::filesystem::copy_file(ckpt, dir_c + "/ckpt-000000006.pt");
+  nlohmann::json changed = run_config;
+  changed["schedule"]["beta_end"] = 0.03;
+  {
+    std::ofstream(dir_c + "/config.json") << changed.dump(2);
+  }
+  for (const std::string& target : {dir_c, dir_c + "/ckpt-000000006.pt"}) {
+    const std::string err = ddpm_test::error_of([&] { (void)ddpm::load_training_checkpoint(target); });
+    CHECK_THAT(err, Catch::Contains("holds another model than '" + dir_c + "/config.json'") &&
+                        Catch::Contains("\"schedule\"") && Catch::Contains("0.03"));
+  }
+  {
+    std::ofstream(dir_c + "/config.json") << run_config.dump(2);
+  }
+  CHECK(ddpm::load_training_checkpoint(dir_c).step == 6);
 }
 
 TEST_CASE("Stop and resume reproduces the uninterrupted loss sequence exactly", "[train][trainer]") {

@@ -23,6 +23,7 @@
 ///
 /// The other files of a run directory (TrainConfig::out_dir): train/run_dir.hpp.
 #include <ddpm/detail/json_util.hpp>
+#include <ddpm/detail/zip_archive.hpp>
 #include <ddpm/error.hpp>
 #include <ddpm/nn/unet.hpp>
 #include <ddpm/train/ema.hpp>
@@ -222,21 +223,45 @@ inline std::vector<uint8_t> read_verified_checkpoint_payload(const std::string& 
   return payload;
 }
 
+/// The keys of a training config (config.json, a checkpoint's "config" record) that define the
+/// model a checkpoint holds: its network, noise schedule, objective and classes.
+inline const std::vector<std::string>& model_defining_keys() {
+  static const std::vector<std::string> keys = {"model", "schedule", "objective", "num_classes"};
+  return keys;
+}
+
+/// Throws ddpm::Error when the training config `stored` (checkpoint `path`'s "config" record)
+/// and `expected` (from `expected_what`) differ on a model-defining key both hold; `advice` ends
+/// the message.
+inline void check_same_model(const nlohmann::json& stored, const nlohmann::json& expected, const std::string& path,
+                             const std::string& expected_what, const std::string& advice) {
+  if (!stored.is_object() || !expected.is_object()) return;
+  for (const auto& key : model_defining_keys()) {
+    if (!stored.contains(key) || !expected.contains(key) || stored[key] == expected[key]) continue;
+    throw Error("checkpoint '" + path + "' holds another model than " + expected_what + ": its \"" + key + "\" is " +
+                truncated_dump(stored[key], 160) + ", not " + truncated_dump(expected[key], 160) + ". " + advice);
+  }
+}
+
 }  // namespace detail
 
 /// Reads and verifies the checkpoint at `path` and loads its archive into
 /// `archive` (tensors mapped to `device` when given). Throws ddpm::Error naming
 /// the file when it is missing, not a regular file, not a ddpm checkpoint, truncated,
-/// corrupt, or holds an archive LibTorch cannot decode (whatever LibTorch throws).
+/// corrupt, holds an archive whose record table is malformed (detail::check_zip_archive, before
+/// LibTorch parses anything) or one LibTorch cannot decode (whatever LibTorch throws).
 inline void read_checkpoint_file(const std::string& path, torch::serialize::InputArchive& archive,
                                  c10::optional<torch::Device> device = c10::nullopt) {
   const std::vector<uint8_t> payload = detail::read_verified_checkpoint_payload(path);
+  (void)detail::check_zip_archive(payload.data(), payload.size(), "checkpoint '" + path + "'");
   try {
     archive.load_from(reinterpret_cast<const char*>(payload.data()), payload.size(), device);
   } catch (const c10::Error& e) {
     throw Error("checkpoint '" + path + "' could not be decoded: " + e.what_without_backtrace());
   } catch (const std::exception& e) {
     throw Error("checkpoint '" + path + "' could not be decoded: " + e.what());
+  } catch (...) {
+    throw Error("checkpoint '" + path + "' could not be decoded (LibTorch threw a non-standard exception)");
   }
 }
 
@@ -399,13 +424,26 @@ inline void read_training_state(torch::serialize::InputArchive& a, const Trainin
 
 /// Restores the newest checkpoint of `manager` that passes the integrity check into `s`
 /// (tensors mapped to `device`) and returns its path, "" when there is none (each rejected
-/// newer file goes to `on_reject`). Throws ddpm::Error when it does not match the modules.
+/// newer file goes to `on_reject`). Throws ddpm::Error when it does not match the modules, or,
+/// with `expected_config` (the run's effective TrainConfig JSON), when its stored config differs
+/// from it on a model-defining key (detail::check_same_model): another run's checkpoint.
 inline std::string resume_training_state(
     const CheckpointManager& manager, const TrainingStateRef& s, c10::optional<torch::Device> device = c10::nullopt,
-    const std::function<void(const std::string&, const std::string&)>& on_reject = {}) {
+    const std::function<void(const std::string&, const std::string&)>& on_reject = {},
+    const nlohmann::json& expected_config = nlohmann::json()) {
   torch::serialize::InputArchive a;
   const std::string path = manager.load_latest(a, on_reject, device);
   if (path.empty()) return path;
+  if (!expected_config.is_null()) {
+    nlohmann::json stored;
+    try {
+      stored = detail::parse_json(archive_read_string(a, "config"), "checkpoint '" + path + "' config record");
+    } catch (const c10::Error& err) {
+      throw Error("cannot resume from '" + path + "': it has no training config (" + err.what_without_backtrace() + ")");
+    }
+    detail::check_same_model(stored, expected_config, path, "this run's configuration",
+                             "Use a new --out folder, or the settings that checkpoint was trained with.");
+  }
   try {
     read_training_state(a, s);
   } catch (const c10::Error& err) {
@@ -456,6 +494,20 @@ inline LoadedCheckpoint load_training_checkpoint(
     out.unet_options = unet_options_from_json(record("unet_config"), "checkpoint '" + path + "' unet_config");
     out.scheduler_config = record("scheduler_config");
     out.train_config = record("config");
+    // A checkpoint inside a run directory must be that run's model (not one copied from another
+    // run). A config.json that is not a readable training config (another tool's file) is no run's.
+    const std::string run_dir = path.find('/') == std::string::npos ? "." : path.substr(0, path.rfind('/'));
+    const std::string run_config = run_dir + "/config.json";
+    struct stat cs {};
+    if (::stat(run_config.c_str(), &cs) == 0 && S_ISREG(cs.st_mode)) {
+      nlohmann::json expected;
+      try {
+        expected = detail::read_json_file(run_config);
+      } catch (const Error&) {
+      }
+      detail::check_same_model(out.train_config, expected, path, "'" + run_config + "'",
+                               "It was copied from another run: sample it from a folder of its own.");
+    }
     torch::Tensor t;
     a.read("step", t, true);
     out.step = t.item<int64_t>();

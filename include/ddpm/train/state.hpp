@@ -175,7 +175,7 @@ class TrainState {
   /// and step, so the ranks still draw independent noise after a resume.
   std::string resume(const CheckpointManager& manager,
                      const std::function<void(const std::string&, const std::string&)>& on_reject = {}) {
-    const std::string path = resume_training_state(manager, ref(), device_, on_reject);
+    const std::string path = resume_training_state(manager, ref(), device_, on_reject, effective_config());
     if (path.empty()) return path;
     scaler_.load(loss_scale_, good_steps_);
     ema_fresh_ = false;
