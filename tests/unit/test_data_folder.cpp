@@ -17,6 +17,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <set>
 #include <string>
 #include <vector>
@@ -342,7 +343,8 @@ TEST_CASE("Folder dataset: corrupt and truncated files are named; fail stops, sk
   CHECK(buf == next);
   warnings = d.stream->take_warnings();
   REQUIRE(warnings.size() == 1);
-  CHECK(warnings[0].find("skipping image '" + truncated + "': stb_image:") != std::string::npos);
+  // Found by ddpm's PNG chunk check before stb_image decodes (detail::png_chunks_error).
+  CHECK(warnings[0].find("skipping image '" + truncated + "': its PNG chunk at byte offset") != std::string::npos);
   CHECK(d.stream->read(2, 0, buf.data()) == 3);
   CHECK(d.stream->take_warnings().empty());  // once per file
 
@@ -508,4 +510,45 @@ TEST_CASE("Trainer: a few steps from a folder of PNG and JPEG files, by name and
   int warned = 0;
   for (const auto& s : logs) warned += s.find("warning: skipping image '" + f.dir.file("cats/broken.png")) == 0;
   CHECK(warned == 1);
+}
+
+namespace {
+std::vector<uint8_t> file_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  REQUIRE(in.good());
+  return std::vector<uint8_t>((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+}  // namespace
+
+TEST_CASE("Folder images: hostile files are refused before stb_image decodes them", "[folder][limits]") {
+  // The inputs tests/fuzz/fuzz_image found (kept in its regression corpus): Debian's stb_image
+  // 2.27 writes past a JPEG Huffman table whose counts sum above 256 (also when they run past the
+  // end of the file), and allocates whatever length a PNG IDAT chunk announces.
+  const std::string regressions = std::string(DDPM_TEST_DATA_DIR) + "/../fuzz/regressions/image/";
+  struct Case {
+    const char* file;
+    const char* message;
+  } cases[] = {{"jpeg-huffman-257-codes", "JPEG Huffman table at byte offset 139 declares 1056 codes (at most 256)"},
+               {"jpeg-huffman-counts-past-the-end", "declares 420 codes"},
+               {"png-idat-announces-1-gib", "PNG chunk at byte offset"}};
+  for (const auto& c : cases) {
+    INFO(c.file);
+    const auto bytes = file_bytes(regressions + c.file);
+    const auto d = ddpm::detail::decode_image_bytes(bytes.data(), bytes.size());
+    CHECK_THAT(d.error, Catch::Contains(c.message));
+    CHECK(d.rgb.empty());
+  }
+  // A 45-byte PNG whose header announces 10000 x 10000 pixels (1e8 > 2^26): refused from the header.
+  std::vector<uint8_t> png = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n', 0, 0, 0, 13, 'I', 'H', 'D', 'R',
+                              0, 0, 0x27, 0x10, 0, 0, 0x27, 0x10, 8, 2, 0, 0, 0, 0, 0, 0, 0};
+  png.insert(png.end(), {0, 0, 0, 0, 'I', 'E', 'N', 'D', 0xAE, 0x42, 0x60, 0x82});
+  const auto big = ddpm::detail::decode_image_bytes(png.data(), png.size());
+  CHECK_THAT(big.error, Catch::Contains("announces 10000 x 10000 pixels (the limit is 67108864 pixels)"));
+  // The same header at 100 x 100 passes the checks (and fails later, in stb_image, for want of data).
+  png[18] = 0;
+  png[19] = 100;
+  png[22] = 0;
+  png[23] = 100;
+  const auto small = ddpm::detail::decode_image_bytes(png.data(), png.size());
+  CHECK_THAT(small.error, Catch::StartsWith("stb_image: "));
 }

@@ -207,36 +207,15 @@ struct DecodedImage {
   std::string error;  // empty on success
 };
 
-/// Reads and decodes the file at `path` (PNG, JPEG or BMP) to 8-bit RGB.
-inline DecodedImage decode_image_file(const std::string& path) {
+/// Decodes the PNG, JPEG or BMP in `bytes[0, size)` to 8-bit RGB (the reason in `error` when it
+/// cannot: not an image, corrupt, or what image_bytes_error refuses).
+inline DecodedImage decode_image_bytes(const uint8_t* bytes, size_t size) {
   DecodedImage d;
-  std::ifstream f(path, std::ios::binary | std::ios::ate);
-  if (!f) {
-    d.error = std::string("cannot open it: ") + std::strerror(errno);
-    return d;
-  }
-  const std::streamoff size = f.tellg();
-  if (size < 0) {
-    d.error = "cannot read its size";
-    return d;
-  }
-  std::vector<unsigned char> bytes(static_cast<size_t>(size));
-  f.seekg(0);
-  if (size > 0 && !f.read(reinterpret_cast<char*>(bytes.data()), size)) {
-    d.error = std::string("read error: ") + std::strerror(errno);
-    return d;
-  }
-  if (bytes.empty()) {
-    d.error = "the file is empty";
-    return d;
-  }
 #if DDPM_HAS_STB_IMAGE
-  if (bytes.size() > static_cast<size_t>(INT32_MAX)) {
-    d.error = "the file is larger than 2 GiB";
-    return d;
-  }
   int w = 0, h = 0, comp = 0;
-  unsigned char* px = stbi_load_from_memory(bytes.data(), static_cast<int>(bytes.size()), &w, &h, &comp, 3);
+  d.error = image_bytes_error(bytes, size, &w, &h, &comp);
+  if (!d.error.empty()) return d;
+  unsigned char* px = stbi_load_from_memory(bytes, static_cast<int>(size), &w, &h, &comp, 3);
   if (px == nullptr) {
     const char* why = stbi_failure_reason();
     d.error = std::string("stb_image: ") + (why ? why : "unknown error");
@@ -247,26 +226,51 @@ inline DecodedImage decode_image_file(const std::string& path) {
   d.rgb.assign(px, px + static_cast<size_t>(w) * static_cast<size_t>(h) * 3);
   stbi_image_free(px);
 #else
+  (void)bytes;
+  (void)size;
   d.error = "this build has no stb_image.h: install libstb-dev (Debian/Ubuntu) or set DDPM_STB_INCLUDE_DIR";
 #endif
   return d;
+}
+
+/// The bytes of the file at `path` (at most 2 GiB), or the reason in `error`.
+inline std::vector<unsigned char> read_image_file(const std::string& path, std::string& error) {
+  std::vector<unsigned char> bytes;
+  std::ifstream f(path, std::ios::binary | std::ios::ate);
+  if (!f) {
+    error = std::string("cannot open it: ") + std::strerror(errno);
+    return bytes;
+  }
+  const std::streamoff size = f.tellg();
+  if (size < 0) {
+    error = "cannot read its size";
+  } else if (static_cast<uint64_t>(size) > static_cast<uint64_t>(INT32_MAX)) {
+    error = "the file is larger than 2 GiB";
+  } else {
+    bytes.resize(static_cast<size_t>(size));
+    f.seekg(0);
+    if (size > 0 && !f.read(reinterpret_cast<char*>(bytes.data()), size)) {
+      error = std::string("read error: ") + std::strerror(errno);
+    }
+  }
+  return bytes;
+}
+
+/// Reads and decodes the file at `path` (PNG, JPEG or BMP) to 8-bit RGB (decode_image_bytes).
+inline DecodedImage decode_image_file(const std::string& path) {
+  DecodedImage d;
+  const std::vector<unsigned char> bytes = read_image_file(path, d.error);
+  return d.error.empty() ? decode_image_bytes(bytes.data(), bytes.size()) : d;
 }
 
 /// Reads only the header of the image at `path`: its channel count in `comp` (1 gray, 2 gray
 /// + alpha, 3 RGB, 4 RGBA). Returns the reason when it is not a readable PNG/JPEG/BMP ("" when it is).
 inline std::string probe_image_file(const std::string& path, int* comp) {
 #if DDPM_HAS_STB_IMAGE
-  FILE* f = std::fopen(path.c_str(), "rb");
-  if (f == nullptr) return std::string("cannot open it: ") + std::strerror(errno);
+  std::string error;
+  const std::vector<unsigned char> bytes = read_image_file(path, error);
   int w = 0, h = 0;
-  const int ok = stbi_info_from_file(f, &w, &h, comp);
-  std::fclose(f);
-  if (!ok) {
-    const char* why = stbi_failure_reason();
-    return std::string("stb_image: ") + (why ? why : "unknown error");
-  }
-  if (w <= 0 || h <= 0) return "stb_image: zero-sized image";
-  return "";
+  return error.empty() ? image_bytes_error(bytes.data(), bytes.size(), &w, &h, comp, /*header_only=*/true) : error;
 #else
   (void)path;
   (void)comp;

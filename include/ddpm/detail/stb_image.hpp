@@ -36,3 +36,105 @@
 #else
 #define DDPM_HAS_STB_IMAGE 0
 #endif
+
+#include <climits>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <string>
+
+namespace ddpm {
+namespace detail {
+
+/// Checks the Huffman tables (DHT segments, ITU T.81 B.2.4.2) of the JPEG in `p[0, n)` before
+/// stb_image decodes it: Debian's stb_image 2.27 builds a table's size list without checking that
+/// its 16 code counts sum to at most 256, and writes past the table (memory corruption) when they
+/// do not (found by tests/fuzz/fuzz_image; fixed upstream in 2.28). Walks the marker segments the
+/// way a decoder meets them (entropy-coded data skipped to its next marker; bytes past the end read
+/// as 0, as stb_image reads them). Returns the reason when a table declares more than 256 codes,
+/// "" otherwise (also for anything not a JPEG).
+inline std::string jpeg_huffman_tables_error(const uint8_t* p, size_t n) {
+  if (n < 2 || p[0] != 0xFF || p[1] != 0xD8) return "";
+  size_t i = 2;
+  while (i < n) {
+    if (p[i] != 0xFF) {  // entropy-coded data (or junk) up to the next marker
+      ++i;
+      continue;
+    }
+    while (i < n && p[i] == 0xFF) ++i;  // fill bytes
+    if (i >= n) break;
+    const uint8_t m = p[i++];
+    if (m == 0x00 || m == 0x01 || (m >= 0xD0 && m <= 0xD8)) continue;  // stuffed 0xFF, TEM, RSTn, SOI: no length
+    if (m == 0xD9) break;                                                // EOI
+    if (i + 2 > n) break;
+    const size_t len = (static_cast<size_t>(p[i]) << 8) | p[i + 1];
+    const size_t end = i + len;
+    if (m == 0xC4) {
+      // stb_image reads 0 past the end of the data, and so do we.
+      for (size_t q = i + 2; q < end && q < n;) {
+        size_t codes = 0;
+        for (size_t k = q + 1; k <= q + 16 && k < n; ++k) codes += p[k];
+        if (codes > 256) {
+          return "its JPEG Huffman table at byte offset " + std::to_string(q) + " declares " + std::to_string(codes) +
+                 " codes (at most 256)";
+        }
+        q += 17 + codes;
+      }
+    }
+    if (len < 2) break;  // stb_image reports the bad length
+    i = end;
+  }
+  return "";
+}
+
+/// Checks the chunk lengths of the PNG in `p[0, n)` before stb_image decodes it: stb_image
+/// allocates the length an IDAT chunk announces before reading it, so a few bytes announcing a
+/// 2 GiB chunk allocate 2 GiB (found by tests/fuzz/fuzz_image). Every chunk (length, type, data,
+/// CRC) must lie inside the data. Returns the reason when one does not, "" otherwise (also for
+/// anything not a PNG).
+inline std::string png_chunks_error(const uint8_t* p, size_t n) {
+  static const uint8_t kSignature[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
+  if (n < 8 || std::memcmp(p, kSignature, 8) != 0) return "";
+  for (size_t i = 8; i + 8 <= n;) {
+    const uint64_t len = (uint64_t{p[i]} << 24) | (uint64_t{p[i + 1]} << 16) | (uint64_t{p[i + 2]} << 8) | p[i + 3];
+    if (len > n - i - 8 || n - i - 8 - len < 4) {
+      return "its PNG chunk at byte offset " + std::to_string(i) + " announces " + std::to_string(len) +
+             " bytes, past the end of the file (" + std::to_string(n) + " bytes)";
+    }
+    if (std::memcmp(p + i + 4, "IEND", 4) == 0) break;
+    i += 12 + static_cast<size_t>(len);
+  }
+  return "";
+}
+
+/// The most pixels an image may have (8192 x 8192): checked from its header before it is
+/// decoded, so a small file announcing a huge image allocates nothing.
+constexpr int64_t kMaxImagePixels = int64_t{1} << 26;
+
+#if DDPM_HAS_STB_IMAGE
+/// What must hold before stb_image decodes `p[0, n)`: at most 2 GiB, JPEG Huffman tables of at
+/// most 256 codes, PNG chunks inside the data, a header stb_image reads, at least 1 and at most kMaxImagePixels pixels. Returns
+/// the reason it does not ("" when it does), with the header's size and channels in w, h, comp.
+/// `header_only`: for a check before reading only the header (stbi_info): the PNG chunks, which
+/// only decoding allocates, are left to the decode (a truncated file is then found there).
+inline std::string image_bytes_error(const uint8_t* p, size_t n, int* w, int* h, int* comp, bool header_only = false) {
+  if (n == 0) return "the file is empty";
+  if (n > static_cast<size_t>(INT32_MAX)) return "the file is larger than 2 GiB";
+  std::string why = jpeg_huffman_tables_error(p, n);
+  if (why.empty() && !header_only) why = png_chunks_error(p, n);
+  if (!why.empty()) return why;
+  if (!stbi_info_from_memory(p, static_cast<int>(n), w, h, comp)) {
+    const char* reason = stbi_failure_reason();
+    return std::string("stb_image: ") + (reason ? reason : "unknown error");
+  }
+  if (*w <= 0 || *h <= 0) return "stb_image: zero-sized image";
+  if (static_cast<int64_t>(*w) * *h > kMaxImagePixels) {
+    return "its header announces " + std::to_string(*w) + " x " + std::to_string(*h) + " pixels (the limit is " +
+           std::to_string(kMaxImagePixels) + " pixels)";
+  }
+  return "";
+}
+#endif
+
+}  // namespace detail
+}  // namespace ddpm

@@ -13,6 +13,8 @@
 #include <algorithm>
 #include <cstdint>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -26,8 +28,14 @@ namespace ddpm {
 /// One PNG as uint8 [C, H, W] (C = 1 gray or 3 RGB; alpha dropped). Throws ddpm::Error naming
 /// the file when it cannot be read or decoded.
 inline torch::Tensor read_png(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw Error("cannot open PNG '" + path + "'");
+  const std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  const auto* p = reinterpret_cast<const uint8_t*>(bytes.data());
   int w = 0, h = 0, c = 0;
-  unsigned char* data = stbi_load(path.c_str(), &w, &h, &c, 0);
+  const std::string why = detail::image_bytes_error(p, bytes.size(), &w, &h, &c);
+  if (!why.empty()) throw Error("cannot read PNG '" + path + "': " + why);
+  unsigned char* data = stbi_load_from_memory(p, static_cast<int>(bytes.size()), &w, &h, &c, 0);
   if (data == nullptr) {
     throw Error("cannot read PNG '" + path + "': " + (stbi_failure_reason() ? stbi_failure_reason() : "unknown error"));
   }
