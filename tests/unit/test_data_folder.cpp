@@ -523,14 +523,16 @@ std::vector<uint8_t> file_bytes(const std::string& path) {
 TEST_CASE("Folder images: hostile files are refused before stb_image decodes them", "[folder][limits]") {
   // The inputs tests/fuzz/fuzz_image found (kept in its regression corpus): Debian's stb_image
   // 2.27 writes past a JPEG Huffman table whose counts sum above 256 (also when they run past the
-  // end of the file), and allocates whatever length a PNG IDAT chunk announces.
+  // end of the file, or behind 0xFF fill bytes before the start marker), and allocates whatever
+  // length a PNG IDAT chunk announces.
   const std::string regressions = std::string(DDPM_TEST_DATA_DIR) + "/../fuzz/regressions/image/";
   struct Case {
     const char* file;
     const char* message;
   } cases[] = {{"jpeg-huffman-257-codes", "JPEG Huffman table at byte offset 139 declares 1056 codes (at most 256)"},
                {"jpeg-huffman-counts-past-the-end", "declares 420 codes"},
-               {"png-idat-announces-1-gib", "PNG chunk at byte offset"}};
+               {"png-idat-announces-1-gib", "PNG chunk at byte offset"},
+               {"jpeg-huffman-after-fill-bytes", "JPEG Huffman table at byte offset"}};
   for (const auto& c : cases) {
     INFO(c.file);
     const auto bytes = file_bytes(regressions + c.file);

@@ -54,8 +54,11 @@ namespace detail {
 /// as 0, as stb_image reads them). Returns the reason when a table declares more than 256 codes,
 /// "" otherwise (also for anything not a JPEG).
 inline std::string jpeg_huffman_tables_error(const uint8_t* p, size_t n) {
-  if (n < 2 || p[0] != 0xFF || p[1] != 0xD8) return "";
-  size_t i = 2;
+  // stb_image takes any run of 0xFF fill bytes before the SOI marker (0xD8), as before any marker.
+  size_t i = 0;
+  while (i < n && p[i] == 0xFF) ++i;
+  if (i == 0 || i >= n || p[i] != 0xD8) return "";
+  ++i;
   while (i < n) {
     if (p[i] != 0xFF) {  // entropy-coded data (or junk) up to the next marker
       ++i;
