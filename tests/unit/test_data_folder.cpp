@@ -532,7 +532,9 @@ TEST_CASE("Folder images: hostile files are refused before stb_image decodes the
   } cases[] = {{"jpeg-huffman-257-codes", "JPEG Huffman table at byte offset 139 declares 1056 codes (at most 256)"},
                {"jpeg-huffman-counts-past-the-end", "declares 420 codes"},
                {"png-idat-announces-1-gib", "PNG chunk at byte offset"},
-               {"jpeg-huffman-after-fill-bytes", "JPEG Huffman table at byte offset"}};
+               {"jpeg-huffman-after-fill-bytes", "JPEG Huffman table at byte offset"},
+               {"jpeg-8192x8192-in-633-bytes",
+                "too short for the 8192 x 8192 pixels its JPEG header announces (633 bytes; at least 8192 needed"}};
   for (const auto& c : cases) {
     INFO(c.file);
     const auto bytes = file_bytes(regressions + c.file);
@@ -553,4 +555,38 @@ TEST_CASE("Folder images: hostile files are refused before stb_image decodes the
   png[23] = 100;
   const auto small = ddpm::detail::decode_image_bytes(png.data(), png.size());
   CHECK_THAT(small.error, Catch::StartsWith("stb_image: "));
+
+  // stb_image reads past the end of a JPEG or BMP as zeros: a valid 16 x 16 file whose header is
+  // changed to announce far more pixels than its data can hold is refused before decoding; the
+  // same file announcing a size its data can hold still decodes.
+  const auto px = synth_pixels(3, 16, 16, 3);
+  std::vector<uint8_t> jpg, bmp;
+  REQUIRE(stbi_write_jpg_to_func(&ddpm::detail::png_append, &jpg, 16, 16, 3, px.data(), 95));
+  REQUIRE(stbi_write_bmp_to_func(&ddpm::detail::png_append, &bmp, 16, 16, 3, px.data()));
+  size_t sof = 0;
+  while (sof + 9 < jpg.size() && !(jpg[sof] == 0xFF && jpg[sof + 1] == 0xC0)) ++sof;
+  REQUIRE(sof + 9 < jpg.size());
+  auto set_jpeg_size = [&](int side) {  // SOF0: FF C0, length (2), precision (1), height (2), width (2)
+    jpg[sof + 5] = jpg[sof + 7] = static_cast<uint8_t>(side >> 8);
+    jpg[sof + 6] = jpg[sof + 8] = static_cast<uint8_t>(side & 0xFF);
+  };
+  const size_t needed = (8000 / 32) * (8000 / 32) / 8;
+  REQUIRE(jpg.size() < needed);
+  set_jpeg_size(8000);
+  const auto huge_jpeg = ddpm::detail::decode_image_bytes(jpg.data(), jpg.size());
+  CHECK_THAT(huge_jpeg.error, Catch::Contains("too short for the 8000 x 8000 pixels its JPEG header announces (" +
+                                              std::to_string(jpg.size()) + " bytes; at least " +
+                                              std::to_string(needed) + " needed"));
+  set_jpeg_size(64);
+  const auto ok_jpeg = ddpm::detail::decode_image_bytes(jpg.data(), jpg.size());
+  CHECK(ok_jpeg.error.empty());
+  CHECK(ok_jpeg.w == 64);
+  // BMP: width at byte 18, height at 22 (little-endian), 24 bits per pixel.
+  const auto ok_bmp = ddpm::detail::decode_image_bytes(bmp.data(), bmp.size());
+  CHECK(ok_bmp.error.empty());
+  bmp[18] = bmp[22] = 0x00;
+  bmp[19] = bmp[23] = 0x04;  // 1024 x 1024 x 3 bytes in a ~800-byte file
+  const auto huge_bmp = ddpm::detail::decode_image_bytes(bmp.data(), bmp.size());
+  CHECK_THAT(huge_bmp.error, Catch::Contains("too short for the 1024 x 1024 pixels its BMP header announces (" +
+                                             std::to_string(bmp.size()) + " bytes; at least 3145728 needed"));
 }

@@ -37,6 +37,7 @@
 #define DDPM_HAS_STB_IMAGE 0
 #endif
 
+#include <algorithm>
 #include <climits>
 #include <cstddef>
 #include <cstdint>
@@ -110,13 +111,46 @@ inline std::string png_chunks_error(const uint8_t* p, size_t n) {
   return "";
 }
 
+/// Checks that `p[0, n)` holds enough data for the w x h pixels its header announces, before
+/// stb_image decodes it: stb_image reads bytes past the end of a JPEG or BMP as 0, so a 600-byte
+/// JPEG announcing 8192 x 8192 pixels decodes, at full cost (seconds, 200 MB), into a gray image
+/// (found as a 10 s unit by tests/fuzz/fuzz_image). Lower bounds that hold for any valid file:
+/// a JPEG codes every MCU (at most 32 x 32 pixels, sampling factors <= 4) of its first scan with at
+/// least one bit (ITU T.81 F.1.2: a Huffman code is >= 1 bit); an uncompressed BMP (stb_image reads
+/// no other) stores w x h pixels of its header's bits per pixel. PNG needs no check here: stb_image
+/// refuses a PNG whose inflated data is short. Returns the reason, "" otherwise.
+inline std::string image_data_size_error(const uint8_t* p, size_t n, int w, int h) {
+  auto too_short = [&](const char* format, uint64_t need) {
+    return std::string("it is too short for the ") + std::to_string(w) + " x " + std::to_string(h) +
+           " pixels its " + format + " header announces (" + std::to_string(n) + " bytes; at least " +
+           std::to_string(need) + " needed; truncated?)";
+  };
+  const uint64_t pixels = static_cast<uint64_t>(w) * static_cast<uint64_t>(h);
+  size_t i = 0;
+  while (i < n && p[i] == 0xFF) ++i;
+  if (i > 0 && i < n && p[i] == 0xD8) {
+    const uint64_t mcus = ((static_cast<uint64_t>(w) + 31) / 32) * ((static_cast<uint64_t>(h) + 31) / 32);
+    if (static_cast<uint64_t>(n) < mcus / 8) return too_short("JPEG", mcus / 8);
+    return "";
+  }
+  if (n >= 30 && p[0] == 'B' && p[1] == 'M') {
+    // Bits per pixel: at offset 24 after a 12-byte OS/2 core header, 28 after any longer one.
+    const size_t at = (p[14] == 12 && p[15] == 0 && p[16] == 0 && p[17] == 0) ? 24 : 28;
+    const uint64_t bits_per_pixel = static_cast<uint64_t>(p[at]) | (static_cast<uint64_t>(p[at + 1]) << 8);
+    const uint64_t need = pixels * std::max<uint64_t>(bits_per_pixel, 1) / 8;
+    if (static_cast<uint64_t>(n) < need) return too_short("BMP", need);
+  }
+  return "";
+}
+
 /// The most pixels an image may have (8192 x 8192): checked from its header before it is
 /// decoded, so a small file announcing a huge image allocates nothing.
 constexpr int64_t kMaxImagePixels = int64_t{1} << 26;
 
 #if DDPM_HAS_STB_IMAGE
 /// What must hold before stb_image decodes `p[0, n)`: at most 2 GiB, JPEG Huffman tables of at
-/// most 256 codes, PNG chunks inside the data, a header stb_image reads, at least 1 and at most kMaxImagePixels pixels. Returns
+/// most 256 codes, PNG chunks inside the data, a header stb_image reads, at least 1 and at most
+/// kMaxImagePixels pixels, and (unless header_only) enough data for them. Returns
 /// the reason it does not ("" when it does), with the header's size and channels in w, h, comp.
 /// `header_only`: for a check before reading only the header (stbi_info): the PNG chunks, which
 /// only decoding allocates, are left to the decode (a truncated file is then found there).
@@ -135,6 +169,7 @@ inline std::string image_bytes_error(const uint8_t* p, size_t n, int* w, int* h,
     return "its header announces " + std::to_string(*w) + " x " + std::to_string(*h) + " pixels (the limit is " +
            std::to_string(kMaxImagePixels) + " pixels)";
   }
+  if (!header_only) return image_data_size_error(p, n, *w, *h);
   return "";
 }
 #endif
