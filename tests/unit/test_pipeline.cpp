@@ -176,5 +176,13 @@ TEST_CASE("pipeline: from_diffusers reproduces diffusers' pipeline output for bo
     // Same tolerance as cli.sample.*.matches_diffusers (ddim_tiny differs by up to ~1.6e-4: float32
     // network outputs from another BLAS, through 10 clipped steps).
     CHECK(torch::allclose(got, expected.to(torch::kFloat32), 1e-3, 1e-3));
+
+    // The fast inference layout: within 1e-3 relative of the exact path after all 10 steps.
+    pipe.unet()->set_channels_last(true);
+    const auto fast = pipe.generate_from(latents, {}, GenerateOptions().num_inference_steps(10).clamp(false).batch_size(1));
+    const double rel = (fast - got).abs().max().item<double>() / got.abs().max().item<double>();
+    INFO("channels-last: max |fast - exact| / max |exact| = " << rel);
+    CHECK(rel < 1e-3);
+    CHECK(torch::allclose(fast, expected.to(torch::kFloat32), 1e-3, 1e-3));
   }
 }

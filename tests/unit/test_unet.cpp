@@ -283,3 +283,42 @@ TEST_CASE("unet: seed preset shapes, input checks and a few training steps", "[u
   CHECK(std::isfinite(last));
   CHECK(last < 0.7 * first);
 }
+
+TEST_CASE("unet: the channels-last inference layout keeps diffusers' outputs; switching back is exact", "[unet][fast]") {
+  torch::NoGradGuard no_grad;
+  for (const std::string name : {"unet_tiny", "unet_tiny_cifarstyle"}) {
+    INFO(name);
+    const auto io = ddpm::load_safetensors(fixture(name + "/io.safetensors"));
+    const auto& x = io.at("sample");
+    ddpm::UNet unet = load_fixture_unet(name);
+    const torch::Tensor exact = unet->forward(x, io.at("timestep"));
+
+    unet->set_channels_last(true);
+    CHECK(unet->channels_last());
+    CHECK(unet->conv_in->weight.is_contiguous(torch::MemoryFormat::ChannelsLast));
+    CHECK_FALSE(unet->conv_in->weight.is_contiguous());
+    const auto dbg = unet->forward_debug(x, io.at("timestep"));
+    // The activations really are NHWC (the layout is not silently dropped along the way) ...
+    for (const char* key : {"conv_in", "down_blocks.0", "mid_block", "conv_norm_out"}) {
+      INFO(key);
+      REQUIRE(dbg.activations.count(key) == 1);
+      CHECK(dbg.activations.at(key).is_contiguous(torch::MemoryFormat::ChannelsLast));
+      CHECK_FALSE(dbg.activations.at(key).is_contiguous());
+    }
+    // ... the output is NCHW and matches diffusers with the exact path's tolerance.
+    CHECK(dbg.output.is_contiguous());
+    CHECK(max_abs_diff(dbg.output, io.at("expected")) < 1e-4);
+    CHECK(max_abs_diff(dbg.output, exact) < 1e-3 * exact.abs().max().item<double>());
+    // A channels-last input is taken as it is.
+    CHECK(max_abs_diff(unet->forward(x.contiguous(torch::MemoryFormat::ChannelsLast), io.at("timestep")), exact) <
+          1e-4);
+    // Weights loaded while the layout is on keep it and are used.
+    ddpm::load_unet_state(unet, ddpm::load_safetensors(fixture(name + "/model.safetensors")), name);
+    CHECK(unet->conv_in->weight.is_contiguous(torch::MemoryFormat::ChannelsLast));
+    CHECK(max_abs_diff(unet->forward(x, io.at("timestep")), io.at("expected")) < 1e-4);
+
+    unet->set_channels_last(false);
+    CHECK(unet->conv_in->weight.is_contiguous());
+    CHECK(torch::equal(unet->forward(x, io.at("timestep")), exact));
+  }
+}

@@ -78,9 +78,11 @@ class AttentionBlockImpl : public torch::nn::Cloneable<AttentionBlockImpl> {
     torch::Tensor o = torch::bmm(probs, v);                                     // [B*heads, N, dh]
     o = o.reshape({b, heads, n, dim_head}).permute({0, 2, 1, 3}).reshape({b, n, c});
     o = to_out->at<torch::nn::LinearImpl>(0).forward(o);                    // [B, N, C]
-    // contiguous(): the transposed view has channels-last strides, which the residual add would
-    // pass on, making every later convolution copy its weight to channels-last on each call.
-    o = o.transpose(1, 2).contiguous().view({b, c, hgt, wid});
+    // The transposed view has channels-last strides. An NCHW input gets an NCHW output: the
+    // residual add would otherwise pass those strides on, and every later convolution would copy
+    // its weight to channels-last on each call. A channels-last input (UNet::set_channels_last)
+    // keeps them, without a copy.
+    o = o.transpose(1, 2).view({b, c, hgt, wid}).contiguous(x.suggest_memory_format());
     return (o + x) / options.rescale_output_factor();
   }
 
