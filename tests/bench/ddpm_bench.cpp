@@ -1,15 +1,18 @@
 // ddpm_bench: how close a UNet training step or sampling step (no-grad forward) comes to this
 // machine's own float32 matrix-multiply throughput, measured in the same run.
 //
-//   ddpm_bench --model seed|ddpm-cifar10|FILE.json --mode train|forward --batch-size B
+//   ddpm_bench --model seed|ddpm-cifar10|FILE.json --mode train|forward|sample --batch-size B
 //              --threads T --iters N --warmup W [--image-size S] [--channels C]
 //              [--device cpu|cuda] [--autocast-bf16] [--grad-mode inference|no-grad]
+//              [--channels-last] [--num-samples N --steps S --sampler NAME --guidance-scale G]
 //
 // Prints ONE JSON object (see usage()). CLI errors exit 2.
 #include <ddpm/device.hpp>
 #include <ddpm/nn/flops.hpp>
 #include <ddpm/forward_diffuser.hpp>
 #include <ddpm/nn/unet.hpp>
+#include <ddpm/pipeline.hpp>
+#include <ddpm/sampler.hpp>
 #include <ddpm/runtime.hpp>
 #include <ddpm/schedule.hpp>
 
@@ -57,6 +60,15 @@ struct Args {
   int64_t sgemm_size = 2048;
   int64_t sgemm_reps = 5;
   bool autocast_bf16 = false;
+  /// The fast inference layout (UNet::set_channels_last).
+  bool channels_last = false;
+  /// --mode sample: a whole sampling run through ddpm::Pipeline (batches of batch_size).
+  int64_t num_samples = 1000;
+  int64_t steps = 20;
+  std::string sampler = "dpmpp_2m";
+  /// > 1 (or 0): classifier-free guidance; the model then gets an 11-row class table (10 classes
+  /// and the null class) unless its config has one, as the Fashion-MNIST demo model.
+  double guidance_scale = 1.0;
   /// "tuned": re-exec with ddpm::recommended_cpu_env() (vars the user set are kept);
   /// "as-is": run in the environment given.
   std::string env = "tuned";
@@ -67,8 +79,14 @@ struct Args {
 const char* usage() {
   return "usage: ddpm_bench [options]\n"
          "  --model seed|ddpm-cifar10|FILE.json   UNet preset or diffusers config.json (default seed)\n"
-         "  --mode train|forward                  train: forward + loss + backward + AdamW step;\n"
-         "                                        forward: no-grad forward = one sampling step (default)\n"
+         "  --mode train|forward|sample           train: forward + loss + backward + AdamW step;\n"
+         "                                        forward: no-grad forward = one sampling step (default);\n"
+         "                                        sample: a whole sampling run of --num-samples images\n"
+         "                                        (ddpm::Pipeline, batches of --batch-size), with peak RSS\n"
+         "  --num-samples N, --steps S            sample mode: images and sampler steps (default 1000, 20)\n"
+         "  --sampler NAME                        sample mode: any ddpm::sampler_names() (default dpmpp_2m)\n"
+         "  --guidance-scale G                    sample mode: classifier-free guidance (default 1 = none;\n"
+         "                                        the model gets 10 classes + the null class if it has none)\n"
          "  --batch-size B                        images per step (default 1)\n"
          "  --threads T                           intra-op threads, also given to OpenBLAS (default 2)\n"
          "  --blas-threads N                      OpenBLAS threads during the model run (default = --threads;\n"
@@ -79,6 +97,7 @@ const char* usage() {
          "  --channels C                          image channels = UNet in/out channels (default 3)\n"
          "  --device cpu|cuda                     (default cpu; cuda only with a CUDA LibTorch)\n"
          "  --autocast-bf16                       CUDA only: bf16 autocast around the model\n"
+         "  --channels-last                       the fast inference layout (UNet::set_channels_last)\n"
          "  --grad-mode inference|no-grad         forward mode guard (default inference)\n"
          "  --env tuned|as-is                     tuned (default): restart with ddpm::recommended_cpu_env()\n"
          "                                        (OMP_WAIT_POLICY=PASSIVE unless already set); as-is: don't\n"
@@ -86,6 +105,18 @@ const char* usage() {
          "  --sgemm-size N, --sgemm-reps R        the reference matmul (default 2048, 5 before + 5 after)\n"
          "Prints one JSON object: median_s, min_s, images_per_s, gflop_per_image, gflops_per_s,\n"
          "sgemm_gflops_per_s, share_of_sgemm, ...\n";
+}
+
+/// Peak resident set size of this process in KiB (VmHWM), after resetting it to the current
+/// RSS when `reset` (Linux: /proc/self/clear_refs). -1 where /proc is not there.
+int64_t peak_rss_kb(bool reset) {
+  if (reset) std::ofstream("/proc/self/clear_refs") << "5";
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6));
+  }
+  return -1;
 }
 
 [[noreturn]] void usage_error(const std::string& msg) {
@@ -118,6 +149,10 @@ Args parse_args(int argc, char** argv) {
       a.autocast_bf16 = true;
       continue;
     }
+    if (flag == "--channels-last") {
+      a.channels_last = true;
+      continue;
+    }
     if (i + 1 >= argc) usage_error("missing value after " + flag);
     const std::string value = argv[++i];
     if (flag == "--model") a.model = value;
@@ -135,10 +170,20 @@ Args parse_args(int argc, char** argv) {
     else if (flag == "--sgemm-size") a.sgemm_size = parse_int(flag, value, 16);
     else if (flag == "--sgemm-reps") a.sgemm_reps = parse_int(flag, value, 1);
     else if (flag == "--profile") a.profile = parse_int(flag, value, 0);
+    else if (flag == "--num-samples") a.num_samples = parse_int(flag, value, 1);
+    else if (flag == "--steps") a.steps = parse_int(flag, value, 1);
+    else if (flag == "--sampler") a.sampler = value;
+    else if (flag == "--guidance-scale") {
+      try {
+        a.guidance_scale = std::stod(value);
+      } catch (const std::exception&) {
+        usage_error("--guidance-scale: expected a number, got \"" + value + "\"");
+      }
+    }
     else usage_error("unknown option \"" + flag + "\"");
   }
-  if (a.mode != "train" && a.mode != "forward") {
-    usage_error("--mode: unknown value \"" + a.mode + "\"; valid values are \"train\", \"forward\"");
+  if (a.mode != "train" && a.mode != "forward" && a.mode != "sample") {
+    usage_error("--mode: unknown value \"" + a.mode + "\"; valid values are \"train\", \"forward\", \"sample\"");
   }
   if (a.device != "cpu" && a.device != "cuda") {
     usage_error("--device: unknown value \"" + a.device + "\"; valid values are \"cpu\", \"cuda\"");
@@ -312,8 +357,13 @@ int main(int argc, char** argv) {
   const double load_before = load_average();
 
   torch::manual_seed(0);
-  ddpm::UNet unet(options);
+  ddpm::UNetOptions model_opts = options;
+  if (args.mode == "sample" && args.guidance_scale != 1.0 && !model_opts.num_class_embeds().has_value()) {
+    model_opts.num_class_embeds(11);
+  }
+  ddpm::UNet unet(model_opts);
   unet->to(device);
+  unet->set_channels_last(args.channels_last);
   const ddpm::UNetFlops flops = unet_forward_flops(*unet, args.image_size, args.image_size);
   const bool train = args.mode == "train";
   // Forward + backward: the backward pass computes input and weight gradients of every matmul.
@@ -329,7 +379,50 @@ int main(int argc, char** argv) {
   const auto fopts = torch::TensorOptions().dtype(torch::kFloat32).device(device);
   auto x = torch::rand({B, args.channels, args.image_size, args.image_size}, fopts) * 2 - 1;
   std::vector<double> times;
-  if (train) {
+  nlohmann::ordered_json sample_info;
+  int64_t forward_images_per_run = 0;
+  if (args.mode == "sample") {
+    // One timed iteration = a whole run of num_samples images; the forward FLOPs per run are
+    // counted from the UNet calls the run makes.
+    nlohmann::ordered_json schedule = {{"num_train_timesteps", 1000}, {"beta_schedule", "linear"},
+                                       {"beta_start", 0.0001}, {"beta_end", 0.02}};
+    auto make = [&] {
+      try {
+        return ddpm::make_sampler(schedule, args.sampler);
+      } catch (const std::exception& e) {
+        usage_error(std::string("--sampler: ") + e.what());
+      }
+    };
+    ddpm::Pipeline pipe(unet, make(), device);
+    auto gopts = ddpm::GenerateOptions()
+                     .num_inference_steps(args.steps)
+                     .batch_size(B)
+                     .sample_size(args.image_size)
+                     .guidance_scale(args.guidance_scale);
+    if (model_opts.num_class_embeds().has_value()) {  // class i % classes for image i
+      const int64_t classes = ddpm::guidance_num_classes(model_opts);
+      std::vector<int64_t> labels(static_cast<size_t>(args.num_samples));
+      for (size_t i = 0; i < labels.size(); ++i) labels[i] = static_cast<int64_t>(i) % classes;
+      gopts.class_labels(labels);
+    }
+    // UNet calls per batch: one per timestep of the schedule (Heun's list holds its second-order
+    // points too), each on 2x the images when guiding.
+    pipe.sampler().set_timesteps(args.steps);
+    const auto calls = static_cast<int64_t>(pipe.sampler().timesteps().size());
+    const int64_t guided = args.guidance_scale != 1.0 ? 2 : 1;
+    forward_images_per_run = args.num_samples * calls * guided;
+    auto body = [&] { pipe.generate(args.num_samples, at::detail::createCPUGenerator(0), gopts); };
+    const int64_t rss_before = peak_rss_kb(/*reset=*/true);
+    times = time_calls(body, args.warmup, args.iters, device);
+    sample_info["num_samples"] = args.num_samples;
+    sample_info["steps"] = args.steps;
+    sample_info["sampler"] = args.sampler;
+    sample_info["guidance_scale"] = args.guidance_scale;
+    sample_info["unet_calls_per_batch"] = calls;
+    sample_info["forward_images_per_run"] = forward_images_per_run;
+    sample_info["rss_before_mb"] = static_cast<double>(rss_before) / 1024.0;
+    sample_info["peak_rss_mb"] = static_cast<double>(peak_rss_kb(false)) / 1024.0;
+  } else if (train) {
     unet->train();
     torch::optim::AdamW opt(unet->parameters(), torch::optim::AdamWOptions(1e-4));
     const ddpm::ForwardDiffuser diffuser(ddpm::NoiseSchedule{}.to(device));
@@ -372,14 +465,19 @@ int main(int argc, char** argv) {
   const double med = median(times);
   const double mn = *std::min_element(times.begin(), times.end());
   const double sgemm_med = median(sgemm);
-  const double gflops = flop_per_image * static_cast<double>(B) / med * 1e-9;
+  const bool sample = args.mode == "sample";
+  const double images_per_iter = sample ? static_cast<double>(args.num_samples) : static_cast<double>(B);
+  const double flop_per_iter =
+      sample ? flop_per_image * static_cast<double>(forward_images_per_run) : flop_per_image * static_cast<double>(B);
+  const double gflops = flop_per_iter / med * 1e-9;
 
   nlohmann::ordered_json j;
   j["model"] = args.model;
   j["mode"] = args.mode;
   j["device"] = args.device;
   j["autocast_bf16"] = args.autocast_bf16;
-  if (!train) j["grad_mode"] = args.grad_mode;
+  j["channels_last"] = args.channels_last;
+  if (!train) j["grad_mode"] = sample ? std::string("inference (ddpm::Pipeline)") : args.grad_mode;
   j["batch_size"] = B;
   j["image_size"] = args.image_size;
   j["channels"] = args.channels;
@@ -390,7 +488,8 @@ int main(int argc, char** argv) {
   j["median_s"] = med;
   j["min_s"] = mn;
   j["times_s"] = times;
-  j["images_per_s"] = static_cast<double>(B) / med;
+  j["images_per_s"] = images_per_iter / med;
+  if (sample) j["sample"] = sample_info;
   j["gflop_per_image"] = flop_per_image * 1e-9;
   j["gflop_per_image_forward"] = flops.matmul() * 1e-9;
   j["flop_count"] = train ? "3 x forward (forward + input-gradient + weight-gradient matmuls); "
