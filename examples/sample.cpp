@@ -60,10 +60,11 @@ int main(int argc, char** argv) {
       "sample"};
   std::string checkpoint, diffusers, sampler_name, out = "samples.png", images_dir, latents_path, output_tensor,
                                                     device_name = "auto", class_spec;
-  int64_t steps = 50, num_samples = 16, nrow = 0, batch_size = 64;
+  int64_t steps = 50, num_samples = 16, nrow = 0, batch_size = 0;
   uint64_t seed = 0;
   double eta = 0.0, guidance_scale = 1.0, guidance_rescale = 0.0;
   int threads = 0;
+  bool channels_last = false;
   auto* ckpt_opt = app.add_option("--checkpoint", checkpoint, "train_cifar10 checkpoint file (ckpt-N.pt), or a run directory (its newest checkpoint); samples its EMA weights")
                        ->check(CLI::ExistingPath);
   auto* diff_opt = app.add_option("--diffusers", diffusers,
@@ -84,7 +85,7 @@ int main(int argc, char** argv) {
           return e.what();
         }
       });
-  app.add_option("--batch-size", batch_size, "images per batch: bounds memory whatever --num-samples is (default 64)")
+  app.add_option("--batch-size", batch_size, "images per batch: bounds memory whatever --num-samples is (default 16 on a CPU, fastest there; 128 on a GPU)")
       ->check(ddpm_examples::positive);
   app.add_option("--steps", steps,
                  "number of denoising steps (default 50; for a checkpoint the steps of its run's grids)")
@@ -113,6 +114,9 @@ int main(int argc, char** argv) {
   app.add_option("--guidance-rescale", guidance_rescale, "guidance rescale phi of diffusers' rescale_noise_cfg (default 0)")
       ->check(CLI::Range(0.0, 1.0));
   app.add_option("--threads", threads, "CPU threads (0 = all cores)")->check(ddpm_examples::non_negative);
+  app.add_flag("--channels-last", channels_last,
+               "run the UNet in the channels-last (NHWC) inference layout: results within float rounding of the "
+               "default exact path; not faster on a 2-core AVX2 CPU (docs/performance.md), meant for GPUs");
 
   if (const int rc = ddpm_examples::parse_args(app, argc, argv); rc >= 0) return rc;
   if (sampler_name == "list") {
@@ -139,6 +143,7 @@ int main(int argc, char** argv) {
   if (device_name == "cuda" && !cuda) return fail("--device cuda: CUDA is not available");
   const torch::Device device = (device_name == "cuda" || (device_name == "auto" && cuda)) ? torch::Device(torch::kCUDA)
                                                                                           : torch::Device(torch::kCPU);
+  if (batch_size == 0) batch_size = ddpm::default_sampling_batch(device);
   try {
     ddpm::UNet unet{nullptr};
     nlohmann::json scheduler_config;
@@ -174,6 +179,7 @@ int main(int argc, char** argv) {
     }
     std::fprintf(stderr, "sample: %s sampler, %lld steps\n", sampler.info().name.c_str(), static_cast<long long>(steps));
     ddpm::Pipeline pipe(unet, std::move(sampler), device);
+    pipe.unet()->set_channels_last(channels_last);
 
     auto gen = at::detail::createCPUGenerator(seed);
     auto opts = ddpm::GenerateOptions().num_inference_steps(steps).batch_size(batch_size).clamp(false);
