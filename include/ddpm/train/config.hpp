@@ -106,7 +106,7 @@ struct TrainConfig {
   int64_t eval_samples = 1000;
   int64_t eval_steps = 20;
   std::string eval_sampler = "dpmpp_2m";
-  int64_t eval_batch_size = 250;
+  int64_t eval_batch_size = 0;
 
   /// The one list of the fields: JSON key, help, range / choices and command-line flag.
   template <typename Self, typename V>
@@ -200,7 +200,8 @@ struct TrainConfig {
     f(S{"eval_sampler", "sampler for the evaluation samples (\"\" = the grid sampler)", {},
         &detail::eval_sampler_choices},
       c.eval_sampler);
-    f(S{"eval_batch_size", "images per generation batch during evaluation", between(1, 65536)}, c.eval_batch_size);
+    f(S{"eval_batch_size", "images per generation batch during evaluation (0: 16 on a CPU, 128 on a GPU)", between(0, 65536)},
+      c.eval_batch_size);
   }
 };
 

@@ -47,8 +47,8 @@ struct TrainingEvalOptions {
   /// Any registered sampler name or preset.
   TORCH_ARG(std::string, sampler) = "dpmpp_2m";
   TORCH_ARG(int64_t, num_inference_steps) = 20;
-  /// Images per generation batch.
-  TORCH_ARG(int64_t, batch_size) = 250;
+  /// Images per generation batch; 0: default_sampling_batch(device) (16 on a CPU, 128 on a GPU).
+  TORCH_ARG(int64_t, batch_size) = 0;
   TORCH_ARG(int64_t, image_size) = 32;
   /// Rank r draws its noise from seed + 0xe7a1 + r * 0x9E3779B97F4A7C15.
   TORCH_ARG(uint64_t, seed) = 0;
@@ -204,7 +204,7 @@ class TrainingEvaluator {
     Pipeline pipe(ema_model, make_sampler(scheduler_config, options_.sampler()), device);
     auto gopts = GenerateOptions()
                      .num_inference_steps(options_.num_inference_steps())
-                     .batch_size(options_.batch_size())
+                     .batch_size(options_.batch_size() > 0 ? options_.batch_size() : default_sampling_batch(device))
                      .sample_size(options_.image_size());
     if (options_.num_classes() > 0) {
       std::vector<int64_t> labels(static_cast<size_t>(share));
