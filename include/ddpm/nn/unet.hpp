@@ -501,14 +501,15 @@ class UNetImpl : public torch::nn::Cloneable<UNetImpl> {
     return class_embedding(class_labels.to(device, torch::kLong));
   }
 
-  /// The fast inference layout: channels-last (NHWC) activations and 4-d weights (the
-  /// convolutions'), kept NHWC end to end. oneDNN's convolutions then read and write NHWC as it
-  /// is, where NCHW costs a reorder of every activation in and out of each call (2-5x on the
-  /// 1x1 and 32-channel convolutions of small models; docs/performance.md). GroupNorm, SiLU, the
-  /// adds, cat and nearest upsampling have NHWC kernels; the attention's output keeps its input's
-  /// layout. Inputs may be in either layout; outputs are NCHW-contiguous either way. Results
-  /// differ from the default NCHW path by float rounding only (tests/unit/test_unet_fast.cpp:
-  /// within 1e-3 relative of the diffusers fixtures); the default path is the exact one.
+  /// The channels-last inference layout: NHWC activations and 4-d (convolution) weights, kept
+  /// NHWC end to end, so convolutions need no reorder of NCHW activations in and out of each call
+  /// (isolated 1x1 and 32-channel convolutions ran 2-5x faster so). GroupNorm, SiLU, the adds, cat
+  /// and nearest upsampling have NHWC kernels; the attention's output keeps its input's layout.
+  /// Whole demo UNet, sampling on 2 CPU cores: 0.79x on LibTorch 1.13, 1.03x on 2.15
+  /// (docs/performance.md), so it is off by default; cuDNN's NHWC kernels are its case (unmeasured).
+  /// Inputs may be in either layout; outputs are NCHW-contiguous either way. Results differ from
+  /// the default NCHW path by float rounding only (tests/unit/test_unet.cpp: within 1e-4 of the
+  /// diffusers fixtures); set_channels_last(false) restores the exact path bit for bit.
   /// Weights loaded later (load_state_dict, safetensors) keep the layout (they are copied in).
   void set_channels_last(bool on) {
     channels_last_ = on;
