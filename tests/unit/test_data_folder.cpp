@@ -590,3 +590,34 @@ TEST_CASE("Folder images: hostile files are refused before stb_image decodes the
   CHECK_THAT(huge_bmp.error, Catch::Contains("too short for the 1024 x 1024 pixels its BMP header announces (" +
                                              std::to_string(bmp.size()) + " bytes; at least 3145728 needed"));
 }
+
+TEST_CASE("Folder images: a PNG with empty IDAT chunks decodes to the same pixels, without undefined behaviour",
+          "[folder][limits]") {
+  // stb_image 2.27 appends each IDAT chunk to a buffer that is still null when the first IDAT is
+  // empty: memcpy(nullptr, src, 0), which UBSan reports (found by tests/fuzz/fuzz_image). ddpm drops
+  // empty IDAT chunks before decoding (detail::png_without_empty_idat): no data, no pixel changes.
+  const auto px = synth_pixels(9, 12, 10, 3);
+  std::vector<uint8_t> png;
+  REQUIRE(stbi_write_png_to_func(&ddpm::detail::png_append, &png, 10, 12, 3, px.data(), 10 * 3));
+  const auto plain = ddpm::detail::decode_image_bytes(png.data(), png.size());
+  REQUIRE(plain.error.empty());
+  CHECK(plain.rgb == px);  // PNG is lossless
+  CHECK(ddpm::detail::png_without_empty_idat(png.data(), png.size()).empty());  // nothing to drop
+
+  // Chunks: signature (8), IHDR at 8 (4 + 4 + 13 + 4 = 25 bytes), then the first IDAT at 33.
+  REQUIRE(std::string(png.begin() + 37, png.begin() + 41) == "IDAT");
+  const std::vector<uint8_t> empty_idat = {0, 0, 0, 0, 'I', 'D', 'A', 'T', 0x35, 0xAF, 0x06, 0x1E};
+  std::vector<uint8_t> odd(png.begin(), png.begin() + 33);
+  odd.insert(odd.end(), empty_idat.begin(), empty_idat.end());  // before the data
+  odd.insert(odd.end(), png.begin() + 33, png.end() - 12);
+  odd.insert(odd.end(), empty_idat.begin(), empty_idat.end());  // after it, before IEND
+  odd.insert(odd.end(), png.end() - 12, png.end());
+  const auto cleaned = ddpm::detail::png_without_empty_idat(odd.data(), odd.size());
+  CHECK(cleaned == png);  // exactly the original bytes back
+  const auto d = ddpm::detail::decode_image_bytes(odd.data(), odd.size());
+  REQUIRE(d.error.empty());
+  CHECK(d.rgb == px);
+  // Not a PNG, or a PNG whose last chunk runs past the end: nothing is dropped or read past the end.
+  CHECK(ddpm::detail::png_without_empty_idat(px.data(), px.size()).empty());
+  CHECK(ddpm::detail::png_without_empty_idat(odd.data(), 40).empty());
+}

@@ -212,19 +212,12 @@ struct DecodedImage {
 inline DecodedImage decode_image_bytes(const uint8_t* bytes, size_t size) {
   DecodedImage d;
 #if DDPM_HAS_STB_IMAGE
-  int w = 0, h = 0, comp = 0;
-  d.error = image_bytes_error(bytes, size, &w, &h, &comp);
+  StbPixels px = stb_decode(bytes, size, 3);
+  d.error = std::move(px.error);
   if (!d.error.empty()) return d;
-  unsigned char* px = stbi_load_from_memory(bytes, static_cast<int>(size), &w, &h, &comp, 3);
-  if (px == nullptr) {
-    const char* why = stbi_failure_reason();
-    d.error = std::string("stb_image: ") + (why ? why : "unknown error");
-    return d;
-  }
-  d.h = h;
-  d.w = w;
-  d.rgb.assign(px, px + static_cast<size_t>(w) * static_cast<size_t>(h) * 3);
-  stbi_image_free(px);
+  d.h = px.h;
+  d.w = px.w;
+  d.rgb = std::move(px.data);
 #else
   (void)bytes;
   (void)size;

@@ -43,6 +43,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <vector>
 
 namespace ddpm {
 namespace detail {
@@ -171,6 +172,66 @@ inline std::string image_bytes_error(const uint8_t* p, size_t n, int* w, int* h,
   }
   if (!header_only) return image_data_size_error(p, n, *w, *h);
   return "";
+}
+
+/// The PNG in `p[0, n)` without its empty IDAT chunks, or an empty vector when it has none (or is
+/// not a PNG). stb_image copies each IDAT chunk onto the end of its growing buffer, which is still
+/// a null pointer when the first IDAT is empty: memcpy(nullptr, src, 0), undefined behaviour (found
+/// by UBSan in tests/fuzz/fuzz_image). An empty chunk adds no data, so dropping it changes no
+/// pixel; stb_image does not check CRCs, and the other chunks are copied whole. Expects chunks that
+/// png_chunks_error accepted (every length inside the data).
+inline std::vector<uint8_t> png_without_empty_idat(const uint8_t* p, size_t n) {
+  static const uint8_t kSignature[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
+  if (n < 8 || std::memcmp(p, kSignature, 8) != 0) return {};
+  auto length_at = [&](size_t i) {
+    return (size_t{p[i]} << 24) | (size_t{p[i + 1]} << 16) | (size_t{p[i + 2]} << 8) | size_t{p[i + 3]};
+  };
+  auto empty_idat_at = [&](size_t i) { return length_at(i) == 0 && std::memcmp(p + i + 4, "IDAT", 4) == 0; };
+  auto whole_chunk_at = [&](size_t i) { return i + 12 <= n && length_at(i) <= n - i - 12; };
+  bool any = false;
+  for (size_t i = 8; whole_chunk_at(i) && !any; i += 12 + length_at(i)) any = empty_idat_at(i);
+  if (!any) return {};
+  std::vector<uint8_t> out(p, p + 8);
+  out.reserve(n);
+  size_t i = 8;
+  for (; whole_chunk_at(i); i += 12 + length_at(i)) {
+    if (!empty_idat_at(i)) out.insert(out.end(), p + i, p + i + 12 + length_at(i));
+  }
+  out.insert(out.end(), p + i, p + n);  // whatever trails the last whole chunk
+  return out;
+}
+
+/// Pixels decoded by stb_image: h x w x channels bytes, interleaved; or the reason they could not be.
+struct StbPixels {
+  std::vector<uint8_t> data;
+  int w = 0, h = 0;
+  int channels = 0;   // of `data`: the requested count, or the file's when 0 was requested
+  std::string error;  // empty on success
+};
+
+/// The one way ddpm decodes image bytes (PNG, JPEG or BMP in `p[0, n)`): image_bytes_error's
+/// checks, then stb_image (on a copy without empty IDAT chunks when a PNG has them).
+/// `channels`: 1..4 to convert to, 0 for the file's own count.
+inline StbPixels stb_decode(const uint8_t* p, size_t n, int channels) {
+  StbPixels out;
+  int comp = 0;
+  out.error = image_bytes_error(p, n, &out.w, &out.h, &comp);
+  if (!out.error.empty()) return out;
+  const std::vector<uint8_t> cleaned = png_without_empty_idat(p, n);
+  if (!cleaned.empty()) {
+    p = cleaned.data();
+    n = cleaned.size();
+  }
+  unsigned char* px = stbi_load_from_memory(p, static_cast<int>(n), &out.w, &out.h, &comp, channels);
+  if (px == nullptr) {
+    const char* why = stbi_failure_reason();
+    out.error = std::string("stb_image: ") + (why ? why : "unknown error");
+    return out;
+  }
+  out.channels = channels > 0 ? channels : comp;
+  out.data.assign(px, px + static_cast<size_t>(out.w) * static_cast<size_t>(out.h) * static_cast<size_t>(out.channels));
+  stbi_image_free(px);
+  return out;
 }
 #endif
 

@@ -32,15 +32,10 @@ inline torch::Tensor read_png(const std::string& path) {
   if (!f) throw Error("cannot open PNG '" + path + "'");
   const std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
   const auto* p = reinterpret_cast<const uint8_t*>(bytes.data());
-  int w = 0, h = 0, c = 0;
-  const std::string why = detail::image_bytes_error(p, bytes.size(), &w, &h, &c);
-  if (!why.empty()) throw Error("cannot read PNG '" + path + "': " + why);
-  unsigned char* data = stbi_load_from_memory(p, static_cast<int>(bytes.size()), &w, &h, &c, 0);
-  if (data == nullptr) {
-    throw Error("cannot read PNG '" + path + "': " + (stbi_failure_reason() ? stbi_failure_reason() : "unknown error"));
-  }
-  torch::Tensor hwc = torch::from_blob(data, {h, w, c}, torch::kUInt8).clone();
-  stbi_image_free(data);
+  detail::StbPixels px = detail::stb_decode(p, bytes.size(), 0);
+  if (!px.error.empty()) throw Error("cannot read PNG '" + path + "': " + px.error);
+  const int c = px.channels;
+  torch::Tensor hwc = torch::from_blob(px.data.data(), {px.h, px.w, c}, torch::kUInt8).clone();
   if (c == 2) hwc = hwc.slice(2, 0, 1);
   if (c == 4) hwc = hwc.slice(2, 0, 3);
   return hwc.permute({2, 0, 1}).contiguous();
