@@ -314,3 +314,53 @@ TEST_CASE("run() calls periodic callbacks at their steps; the loader's batches c
   CHECK(every2 == std::vector<int64_t>{2, 4, 6});
   CHECK(every4 == std::vector<int64_t>{4});
 }
+
+TEST_CASE("A time-limited cosine schedule decays to 0 at the step the limit allows", "[train][config]") {
+  ddpm::TrainConfig c;
+  c.lr = 1.0;
+  c.warmup_steps = 10;
+  c.steps = 1000;
+  c.lr_schedule = ddpm::LrSchedule::Cosine;
+  // Horizon 110: the cosine runs over steps 10..110 (0.5 (1 + cos(pi p)), p = (s - 10) / 100).
+  CHECK(ddpm::learning_rate_at(c, 4, 110) == Approx(0.5));  // warmup: (4 + 1) / 10
+  CHECK(ddpm::learning_rate_at(c, 35, 110) == Approx(0.5 * (1 + std::cos(M_PI * 0.25))));
+  CHECK(ddpm::learning_rate_at(c, 60, 110) == Approx(0.5));
+  CHECK(ddpm::learning_rate_at(c, 110, 110) == Approx(0.0).margin(1e-12));
+  CHECK(ddpm::learning_rate_at(c, 500, 110) == Approx(0.0).margin(1e-12));  // past the horizon: 0
+  // No horizon, or one past `steps`: the cosine ends at steps (p = (505 - 10) / 990 = 0.5).
+  CHECK(ddpm::learning_rate_at(c, 505, 0) == Approx(0.5));
+  CHECK(ddpm::learning_rate_at(c, 505, 5000) == Approx(0.5));
+  c.lr_schedule = ddpm::LrSchedule::Constant;  // a constant schedule ignores it
+  CHECK(ddpm::learning_rate_at(c, 500, 110) == Approx(1.0));
+  // The projection: 50 steps from step 100 in 10 s, limit 60 s: 100 + 60 * 50 / 10.
+  CHECK(ddpm::time_limit_horizon(100, 50, 10.0, 60.0) == 400);
+  CHECK(ddpm::time_limit_horizon(100, 0, 0.0, 60.0) == 0);  // nothing to project from yet
+  CHECK(ddpm::time_limit_horizon(0, 3, 1.5, 0.0) == 0);     // no limit
+
+  // A run whose time limit (6 s) comes long before its steps: the learning rate starts at the peak
+  // (no pace measured yet) and is near 0 by the last step.
+  auto cfg = tiny_config(temp_dir());
+  cfg.lr_schedule = ddpm::LrSchedule::Cosine;
+  cfg.warmup_steps = 0;
+  cfg.steps = 1000000;
+  cfg.time_limit_minutes = 0.1;
+  cfg.log_every = 1000;
+  cfg.sample_every = 0;
+  cfg.checkpoint_every = 0;
+  QuietTrainer t(cfg, tiny_data(), {}, quiet());
+  std::vector<double> lrs;
+  std::vector<int64_t> horizons;
+  t.add_periodic_callback(1, [&](ddpm::Trainer& tr) {
+    lrs.push_back(tr.lr_at(tr.step() - 1));
+    horizons.push_back(tr.state().lr_horizon());
+  });
+  const auto res = t.run();
+  CHECK(res.status == ddpm::RunStatus::TimeLimit);
+  REQUIRE(lrs.size() >= 5);
+  CHECK(lrs.front() == Approx(cfg.lr));
+  CHECK(horizons.front() == 0);
+  INFO("steps " << res.step << ", last horizon " << horizons.back() << ", last lr " << lrs.back());
+  CHECK(horizons.back() >= res.step - 1);  // projected before the last step, rounded down
+  CHECK(horizons.back() <= 2 * res.step);
+  CHECK(lrs.back() < 0.3 * cfg.lr);
+}

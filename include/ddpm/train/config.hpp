@@ -165,7 +165,7 @@ struct TrainConfig {
     f(S{"optimizer", "optimizer"}, c.optimizer);
     f(S{"lr", "peak learning rate", above(0)}, c.lr);
     f(S{"warmup_steps", "linear LR warmup steps", between(0, 1e12)}, c.warmup_steps);
-    f(S{"lr_schedule", "LR after warmup: constant, or cosine decay to 0 at steps"}, c.lr_schedule);
+    f(S{"lr_schedule", "LR after warmup: constant, or cosine decay to 0 at steps (with a time limit: at the step the limit will allow, if that comes first)"}, c.lr_schedule);
     f(S{"weight_decay", "weight decay (decoupled for AdamW, L2 for Adam)", at_least(0)}, c.weight_decay);
     f(S{"adam_beta1", "Adam beta1", between(0, 1)}, c.adam_beta1);
     f(S{"adam_beta2", "Adam beta2", between(0, 1)}, c.adam_beta2);

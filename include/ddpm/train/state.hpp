@@ -67,6 +67,10 @@ class TrainState {
   const ForwardDiffuser& diffuser() const { return *diffuser_; }
   const UNetOptions& unet_options() const { return unet_options_; }
   int64_t step() const { return step_; }
+  /// The step where a cosine learning-rate schedule reaches 0 when it comes before `steps`
+  /// (0: none; see learning_rate_at). Set by Trainer::run for a time-limited run.
+  int64_t lr_horizon() const { return lr_horizon_; }
+  void set_lr_horizon(int64_t step) { lr_horizon_ = step; }
   /// Seconds spent in optimizer steps over the whole run (resumed runs included).
   double train_seconds() const { return train_seconds_; }
   void add_train_seconds(double s) { train_seconds_ += s; }
@@ -90,7 +94,7 @@ class TrainState {
   /// loss (on any rank) returns finite = false and changes nothing (weights, EMA, optimizer, step).
   TrainStepOutput step(const Batch& batch) {
     TrainStepOutput out;
-    out.lr = learning_rate_at(cfg_, step_);
+    out.lr = learning_rate_at(cfg_, step_, lr_horizon_);
     for (auto& group : optimizer_->param_groups()) group.options().set_lr(out.lr);
     model_->train();
     const auto x0 = to_device(batch.images, device_);  // CUDA: pinned staging, asynchronous copy
@@ -206,6 +210,7 @@ class TrainState {
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
   std::unique_ptr<ForwardDiffuser> diffuser_;
   int64_t step_ = 0;
+  int64_t lr_horizon_ = 0;
   double train_seconds_ = 0;
   LossScaler scaler_;       // fp16 autocast only
   double loss_scale_ = 0;   // scaler_'s state as stored in checkpoints

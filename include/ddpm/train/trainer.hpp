@@ -125,8 +125,9 @@ class Trainer {
   /// Path of the checkpoint resumed from ("" for a fresh run).
   const std::string& resumed_from() const { return resumed_from_; }
 
-  /// Learning rate at step s (0-based): see learning_rate_at (train/optim.hpp).
-  double lr_at(int64_t s) const { return learning_rate_at(cfg_, s); }
+  /// Learning rate at step s (0-based): see learning_rate_at (train/optim.hpp); a time-limited
+  /// cosine schedule uses the horizon run() last projected.
+  double lr_at(int64_t s) const { return learning_rate_at(cfg_, s, state_->lr_horizon()); }
 
   /// One optimizer step on the next batch of the data sequence.
   TrainStepOutput train_step() {
@@ -256,6 +257,12 @@ class Trainer {
     }
     LogInterval interval;
     int64_t sampled_at = -1;  // step of the last sample grid written by this run
+    const int64_t first_step = step();
+    // A cosine schedule with a time limit decays to 0 at the step the limit will allow, projected
+    // before every step from this run's own pace (time_limit_horizon): rank 0's projection, so
+    // that every rank uses the same learning rate.
+    const bool time_horizon = cfg_.lr_schedule == LrSchedule::Cosine && cfg_.time_limit_minutes > 0;
+    state_->set_lr_horizon(0);
     while (step() < target) {
       const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
       const bool time_up = cfg_.time_limit_minutes > 0 && elapsed > cfg_.time_limit_minutes * 60.0;
@@ -263,6 +270,12 @@ class Trainer {
       res.status = stop.status;
       res.message = stop.message;
       if (res.status != RunStatus::Completed) break;
+      if (time_horizon) {
+        double h = static_cast<double>(
+            time_limit_horizon(first_step, step() - first_step, elapsed, cfg_.time_limit_minutes * 60.0));
+        if (hooks_.collective()) h = hooks_.allreduce_sum(is_main() ? h : 0.0);
+        state_->set_lr_horizon(static_cast<int64_t>(h));
+      }
       const auto t0 = std::chrono::steady_clock::now();
       const auto so = train_step();
       const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
