@@ -92,16 +92,26 @@ inline std::string jpeg_huffman_tables_error(const uint8_t* p, size_t n) {
   return "";
 }
 
+/// Whether `p[0, n)` starts with the PNG signature.
+inline bool is_png(const uint8_t* p, size_t n) {
+  static const uint8_t kSignature[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
+  return n >= 8 && std::memcmp(p, kSignature, 8) == 0;
+}
+
+/// The data length of the PNG chunk at `p + i` (big-endian 32 bits; needs 4 bytes there).
+inline size_t png_chunk_length(const uint8_t* p, size_t i) {
+  return (size_t{p[i]} << 24) | (size_t{p[i + 1]} << 16) | (size_t{p[i + 2]} << 8) | size_t{p[i + 3]};
+}
+
 /// Checks the chunk lengths of the PNG in `p[0, n)` before stb_image decodes it: stb_image
 /// allocates the length an IDAT chunk announces before reading it, so a few bytes announcing a
 /// 2 GiB chunk allocate 2 GiB (found by tests/fuzz/fuzz_image). Every chunk (length, type, data,
 /// CRC) must lie inside the data. Returns the reason when one does not, "" otherwise (also for
 /// anything not a PNG).
 inline std::string png_chunks_error(const uint8_t* p, size_t n) {
-  static const uint8_t kSignature[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
-  if (n < 8 || std::memcmp(p, kSignature, 8) != 0) return "";
+  if (!is_png(p, n)) return "";
   for (size_t i = 8; i + 8 <= n;) {
-    const uint64_t len = (uint64_t{p[i]} << 24) | (uint64_t{p[i + 1]} << 16) | (uint64_t{p[i + 2]} << 8) | p[i + 3];
+    const uint64_t len = png_chunk_length(p, i);
     if (len > n - i - 8 || n - i - 8 - len < 4) {
       return "its PNG chunk at byte offset " + std::to_string(i) + " announces " + std::to_string(len) +
              " bytes, past the end of the file (" + std::to_string(n) + " bytes)";
@@ -181,11 +191,8 @@ inline std::string image_bytes_error(const uint8_t* p, size_t n, int* w, int* h,
 /// pixel; stb_image does not check CRCs, and the other chunks are copied whole. Expects chunks that
 /// png_chunks_error accepted (every length inside the data).
 inline std::vector<uint8_t> png_without_empty_idat(const uint8_t* p, size_t n) {
-  static const uint8_t kSignature[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
-  if (n < 8 || std::memcmp(p, kSignature, 8) != 0) return {};
-  auto length_at = [&](size_t i) {
-    return (size_t{p[i]} << 24) | (size_t{p[i + 1]} << 16) | (size_t{p[i + 2]} << 8) | size_t{p[i + 3]};
-  };
+  if (!is_png(p, n)) return {};
+  auto length_at = [&](size_t i) { return png_chunk_length(p, i); };
   auto empty_idat_at = [&](size_t i) { return length_at(i) == 0 && std::memcmp(p + i + 4, "IDAT", 4) == 0; };
   auto whole_chunk_at = [&](size_t i) { return i + 12 <= n && length_at(i) <= n - i - 12; };
   bool any = false;
