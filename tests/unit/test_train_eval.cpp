@@ -236,12 +236,12 @@ TEST_CASE("Rank-parallel evaluation merges the ranks' statistics into the FD of 
   auto ev = ddpm::make_fmnist_evaluator(ddpm::EvalOptions().allow_few_samples(true));
   const ddpm::EvalResult whole = ev(two.regenerate(cfg));
   CHECK(r0.n == 7);
-  // 1e-6: the classifier's float32 features of batches of 4 + 3 vs 7 differ in the last bits, and
-  // the FD of 7 samples in 128 dimensions (a singular covariance) amplifies that; a wrong merge
-  // (a rank missing, moments not summed) is off by percent.
-  CHECK(r0.fd == Approx(whole.fd).epsilon(1e-6));
+  // 1e-4: the classifier's float32 features of batches of 4 + 3 vs 7 differ in the last bits (how
+  // much depends on the CPU's kernels), and the FD of 7 samples in 128 dimensions (a singular
+  // covariance) amplifies that; a wrong merge (a rank missing, moments not summed) is off by percent.
+  CHECK(r0.fd == Approx(whole.fd).epsilon(1e-4));
   CHECK(r0.class_histogram == whole.class_histogram);
-  CHECK(r0.mean_confidence == Approx(whole.mean_confidence).epsilon(1e-6));  // float32 softmax, batches 4+3 vs 7
+  CHECK(r0.mean_confidence == Approx(whole.mean_confidence).epsilon(1e-5));  // float32 softmax, batches 4+3 vs 7
   CHECK(r0.class_accuracy.empty());  // unconditional: no class accuracy
   // Both ranks see the merged statistics.
   CHECK(two.r1.fd == Approx(two.r0.fd).epsilon(1e-12));
