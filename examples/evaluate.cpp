@@ -76,7 +76,7 @@ struct Generated {
 /// through the Pipeline, in batches of `batch`; a class-conditional model with guidance
 /// `guidance` (< 0: the run's guidance_scale, 1 for a diffusers folder).
 Generated generate(const std::string& model, int64_t n, int64_t batch, const std::string& sampler_name, int64_t steps,
-                   uint64_t seed, double guidance, torch::Device device) {
+                   uint64_t seed, double guidance, torch::Device device, bool fast) {
   // steps <= 0: the run's grid steps (train runs), 50 (diffusers folders).
   Generated out;
   // A train run also holds a config.json (the training config): recognise diffusers folders by
@@ -106,6 +106,7 @@ Generated generate(const std::string& model, int64_t n, int64_t batch, const std
     return ddpm::Pipeline(loaded.ema_model, ddpm::make_sampler(loaded.scheduler_config, name), device);
   };
   ddpm::Pipeline pipe = make_pipeline();
+  pipe.unet()->set_fast_inference(fast);
   auto gen = at::detail::createCPUGenerator(seed);
   int64_t reported = -1;
   auto opts = ddpm::GenerateOptions().num_inference_steps(steps).batch_size(batch);
@@ -148,6 +149,7 @@ int main(int argc, char** argv) {
   uint64_t seed = 0;
   int threads = 0;
   double guidance = -1;
+  bool fast = true;
   auto* samples_opt = app.add_option("--samples", samples, "folder of PNGs, PNG grid, or safetensors tensor [N, C, H, W] in [-1, 1]");
   auto* model_opt = app.add_option("--model", model, "train run directory / checkpoint, or diffusers folder, to sample");
   samples_opt->excludes(model_opt);
@@ -182,6 +184,8 @@ int main(int argc, char** argv) {
                                       "with a class-conditional --model: classifier-free guidance scale (default: the run's "
                                       "guidance_scale; 1 = none)")
                            ->check(CLI::NonNegativeNumber);
+  app.add_flag("--fast,!--exact", fast,
+               "with --model: the fast inference path (default; UNet::set_fast_inference) or LibTorch's exact kernels");
   app.add_option("--device", device_name, "cpu (default), cuda or auto")->check(CLI::IsMember({"auto", "cpu", "cuda"}));
   app.add_option("--threads", threads, "CPU threads (0 = all cores)")->check(ddpm_examples::non_negative);
   if (const int rc = ddpm_examples::parse_args(app, argc, argv); rc >= 0) return rc;
@@ -245,7 +249,7 @@ int main(int argc, char** argv) {
     if (!samples.empty()) {
       images = load_samples(samples, image_size, grid_padding, grid_count, tensor_key);
     } else {
-      Generated g = generate(model, num_samples, gen_batch, sampler_name, steps, seed, guidance, device);
+      Generated g = generate(model, num_samples, gen_batch, sampler_name, steps, seed, guidance, device, fast);
       images = g.images;
       if (!g.labels.empty() && !g.class_names.empty() && g.class_names == net->class_names()) {
         eval_opts.intended_classes(g.labels);

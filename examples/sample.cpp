@@ -65,6 +65,7 @@ int main(int argc, char** argv) {
   double eta = 0.0, guidance_scale = 1.0, guidance_rescale = 0.0;
   int threads = 0;
   bool channels_last = false;
+  bool fast = true;
   auto* ckpt_opt = app.add_option("--checkpoint", checkpoint, "train_cifar10 checkpoint file (ckpt-N.pt), or a run directory (its newest checkpoint); samples its EMA weights")
                        ->check(CLI::ExistingPath);
   auto* diff_opt = app.add_option("--diffusers", diffusers,
@@ -117,6 +118,10 @@ int main(int argc, char** argv) {
   app.add_flag("--channels-last", channels_last,
                "run the UNet in the channels-last (NHWC) inference layout: results within float rounding of the "
                "default exact path; not faster on a 2-core AVX2 CPU (docs/performance.md), meant for GPUs");
+  app.add_flag("--fast,!--exact", fast,
+               "--fast (default): on a CPU, convolutions on oneDNN with weights packed once and attention without "
+               "transposed copies (UNet::set_fast_inference), within float rounding of the exact path; --exact: "
+               "LibTorch's own kernels, the path that is bit-exact to diffusers' math");
 
   if (const int rc = ddpm_examples::parse_args(app, argc, argv); rc >= 0) return rc;
   if (sampler_name == "list") {
@@ -180,6 +185,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "sample: %s sampler, %lld steps\n", sampler.info().name.c_str(), static_cast<long long>(steps));
     ddpm::Pipeline pipe(unet, std::move(sampler), device);
     pipe.unet()->set_channels_last(channels_last);
+    pipe.unet()->set_fast_inference(fast);
 
     auto gen = at::detail::createCPUGenerator(seed);
     auto opts = ddpm::GenerateOptions().num_inference_steps(steps).batch_size(batch_size).clamp(false);

@@ -4,7 +4,7 @@
 //   ddpm_bench --model seed|ddpm-cifar10|FILE.json --mode train|forward|sample --batch-size B
 //              --threads T --iters N --warmup W [--image-size S] [--channels C]
 //              [--device cpu|cuda] [--autocast-bf16] [--grad-mode inference|no-grad]
-//              [--channels-last] [--num-samples N --steps S --sampler NAME --guidance-scale G]
+//              [--channels-last] [--fast] [--num-samples N --steps S --sampler NAME --guidance-scale G]
 //
 // Prints ONE JSON object (see usage()). CLI errors exit 2.
 #include <ddpm/device.hpp>
@@ -60,8 +60,10 @@ struct Args {
   int64_t sgemm_size = 2048;
   int64_t sgemm_reps = 5;
   bool autocast_bf16 = false;
-  /// The fast inference layout (UNet::set_channels_last).
+  /// The channels-last inference layout (UNet::set_channels_last).
   bool channels_last = false;
+  /// The fast inference path (UNet::set_fast_inference: pre-packed oneDNN weights).
+  bool fast = false;
   /// --mode sample: a whole sampling run through ddpm::Pipeline (batches of batch_size).
   int64_t num_samples = 1000;
   int64_t steps = 20;
@@ -97,7 +99,8 @@ const char* usage() {
          "  --channels C                          image channels = UNet in/out channels (default 3)\n"
          "  --device cpu|cuda                     (default cpu; cuda only with a CUDA LibTorch)\n"
          "  --autocast-bf16                       CUDA only: bf16 autocast around the model\n"
-         "  --channels-last                       the fast inference layout (UNet::set_channels_last)\n"
+         "  --channels-last                       the channels-last layout (UNet::set_channels_last)\n"
+         "  --fast                                the fast inference path (UNet::set_fast_inference)\n"
          "  --grad-mode inference|no-grad         forward mode guard (default inference)\n"
          "  --env tuned|as-is                     tuned (default): restart with ddpm::recommended_cpu_env()\n"
          "                                        (OMP_WAIT_POLICY=PASSIVE unless already set); as-is: don't\n"
@@ -147,6 +150,10 @@ Args parse_args(int argc, char** argv) {
     }
     if (flag == "--autocast-bf16") {
       a.autocast_bf16 = true;
+      continue;
+    }
+    if (flag == "--fast") {
+      a.fast = true;
       continue;
     }
     if (flag == "--channels-last") {
@@ -364,6 +371,7 @@ int main(int argc, char** argv) {
   ddpm::UNet unet(model_opts);
   unet->to(device);
   unet->set_channels_last(args.channels_last);
+  unet->set_fast_inference(args.fast);
   const ddpm::UNetFlops flops = unet_forward_flops(*unet, args.image_size, args.image_size);
   const bool train = args.mode == "train";
   // Forward + backward: the backward pass computes input and weight gradients of every matmul.
@@ -477,6 +485,7 @@ int main(int argc, char** argv) {
   j["device"] = args.device;
   j["autocast_bf16"] = args.autocast_bf16;
   j["channels_last"] = args.channels_last;
+  j["fast_inference"] = args.fast;
   if (!train) j["grad_mode"] = sample ? std::string("inference (ddpm::Pipeline)") : args.grad_mode;
   j["batch_size"] = B;
   j["image_size"] = args.image_size;

@@ -2,6 +2,8 @@
 /// Spatial self-attention block (diffusers `Attention` as built by AttnDownBlock2D /
 /// AttnUpBlock2D / UNetMidBlock2D, with `AttnProcessor`): GroupNorm, multi-head scaled
 /// dot-product attention over the H*W positions (Vaswani et al. 2017), residual.
+#include <ddpm/nn/conv.hpp>
+
 #include <torch/arg.h>
 #include <torch/nn/cloneable.h>
 #include <torch/nn/modules/container/modulelist.h>
@@ -61,6 +63,9 @@ class AttentionBlockImpl : public torch::nn::Cloneable<AttentionBlockImpl> {
     const int64_t c = options.channels();
     TORCH_CHECK(x.dim() == 4 && x.size(1) == c, "AttentionBlock: expected [B, ", c,
                 ", H, W] input, got ", x.sizes());
+    if (fast_ && detail::fast_inference_call(*this) && detail::onednn_conv_ok(x, to_q->weight)) {
+      return forward_fast(x);
+    }
     const int64_t b = x.size(0), hgt = x.size(2), wid = x.size(3), n = hgt * wid;
     // Made contiguous once here rather than by each of to_q/to_k/to_v.
     const torch::Tensor h = group_norm(x).reshape({b, c, n}).transpose(1, 2).contiguous();  // [B, N, C]
@@ -86,6 +91,17 @@ class AttentionBlockImpl : public torch::nn::Cloneable<AttentionBlockImpl> {
     return (o + x) / options.rescale_output_factor();
   }
 
+  /// Switches the fast inference path on or off (see forward_fast); off drops its packed weights.
+  void set_fast_inference(bool on) {
+    fast_ = on;
+    if (!on) {
+      qkv_.clear();
+      out_.clear();
+      qkv_bias_ = torch::Tensor();
+    }
+  }
+  bool fast_inference() const { return fast_; }
+
   AttentionBlockOptions options;
   int64_t heads = 1;
   int64_t dim_head = 0;
@@ -95,6 +111,62 @@ class AttentionBlockImpl : public torch::nn::Cloneable<AttentionBlockImpl> {
   torch::nn::Linear to_v{nullptr};
   /// Holds one Linear at index 0 (diffusers' to_out[1] is a parameter-free dropout).
   torch::nn::ModuleList to_out{nullptr};
+
+ private:
+  bool fast_ = false;
+  detail::PackedConvWeight qkv_;  ///< [3C, C, 1, 1], rows ordered (head, q|k|v, dim_head)
+  detail::PackedConvWeight out_;  ///< to_out.0 as [C, C, 1, 1]
+  torch::Tensor qkv_bias_;        ///< [3C], same row order
+  detail::TensorStamp qkv_bias_stamp_;
+
+  /// The same attention in the channel-major layout, with no transposed copies:
+  ///   h = group_norm(x) [B, C, N];  [q; k; v] = W_qkv h + b_qkv as one 1x1 oneDNN convolution
+  ///   (the three projections' weights fused and pre-packed), giving per head q, k, v [dh, N];
+  ///   scores = scale q^T k [N, N] and o = v softmax(scores)^T [dh, N] (BLAS reads the transposes
+  ///   through strides); out = (W_out o + b_out + x) / rescale_output_factor, W_out again a
+  ///   pre-packed 1x1 convolution. o [B, heads, dh, N] is already [B, C, H, W].
+  torch::Tensor forward_fast(const torch::Tensor& x) {
+    const int64_t c = options.channels();
+    const int64_t b = x.size(0), hgt = x.size(2), wid = x.size(3), n = hgt * wid;
+    const auto& q_lin = *to_q;
+    const auto& k_lin = *to_k;
+    const auto& v_lin = *to_v;
+    auto& o_lin = to_out->at<torch::nn::LinearImpl>(0);
+    const detail::TensorStamp s =
+        detail::stamp_of({q_lin.weight, k_lin.weight, v_lin.weight, q_lin.bias, k_lin.bias, v_lin.bias});
+    // Rows (head, q|k|v, dim_head): a head's q, k and v are adjacent, so [B, 3C, N] views as
+    // [B * heads, 3, dh, N] and q, k, v are strided slices of it.
+    auto interleave = [&](const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
+      return torch::stack({q.reshape({heads, dim_head, -1}), k.reshape({heads, dim_head, -1}),
+                           v.reshape({heads, dim_head, -1})},
+                          1);  // [heads, 3, dh, ...]
+    };
+    const torch::Tensor& w_qkv = qkv_.get(
+        s, [&] { return interleave(q_lin.weight, k_lin.weight, v_lin.weight).reshape({3 * c, c, 1, 1}); },
+        {0, 0}, {1, 1}, {1, 1}, 1);
+    if (!qkv_bias_.defined() || qkv_bias_stamp_ != s) {
+      qkv_bias_ = interleave(q_lin.bias, k_lin.bias, v_lin.bias).reshape({3 * c}).contiguous();
+      qkv_bias_stamp_ = s;
+    }
+    const torch::Tensor h = group_norm(x).contiguous();  // [B, C, H, W]
+    const torch::Tensor qkv =
+        at::mkldnn_convolution(h, w_qkv, qkv_bias_, {0, 0}, {1, 1}, {1, 1}, 1).view({b * heads, 3, dim_head, n});
+    const torch::Tensor q = qkv.select(1, 0);  // [B*heads, dh, N]
+    const torch::Tensor k = qkv.select(1, 1);
+    const torch::Tensor v = qkv.select(1, 2);
+    const double scale = 1.0 / std::sqrt(static_cast<double>(dim_head));
+    const torch::Tensor scores = torch::baddbmm(torch::empty({b * heads, n, n}, x.options()),
+                                                q.transpose(1, 2), k, /*beta=*/0, /*alpha=*/scale);
+    const torch::Tensor probs = scores.softmax(-1);                              // [B*heads, N, N]
+    const torch::Tensor o = torch::bmm(v, probs.transpose(1, 2)).view({b, c, hgt, wid});
+    const torch::Tensor& w_out = out_.get(
+        detail::stamp_of({o_lin.weight}), [&] { return o_lin.weight.reshape({c, c, 1, 1}); }, {0, 0}, {1, 1},
+        {1, 1}, 1);
+    torch::Tensor out = at::mkldnn_convolution(o, w_out, o_lin.bias, {0, 0}, {1, 1}, {1, 1}, 1);
+    out.add_(x);
+    if (options.rescale_output_factor() != 1.0) out.div_(options.rescale_output_factor());
+    return out;
+  }
 };
 TORCH_MODULE(AttentionBlock);
 

@@ -8,14 +8,13 @@
 /// every Linear (2 in out per row) and the two attention matmuls (QK^T and PV, 2 N^2 C each,
 /// summed over heads). Not counted in the matmul total: GroupNorm, activations, additions,
 /// softmax, upsampling copies (memory-bound work, reported separately as element counts).
+#include <ddpm/nn/conv.hpp>
 #include <ddpm/nn/unet.hpp>
 
 #include <torch/nn/modules/conv.h>
 #include <torch/nn/modules/linear.h>
-#include <torch/version.h>
 
 #include <cstdint>
-#include <variant>
 
 namespace ddpm {
 
@@ -31,16 +30,6 @@ struct UNetFlops {
 };
 
 namespace detail {
-
-/// std::get_if on a LibTorch variant: LibTorch 2.x uses std::variant, 1.x its own c10::variant.
-template <class T, class Variant>
-auto* variant_get_if(Variant* v) {
-#if TORCH_VERSION_MAJOR >= 2
-  return std::get_if<T>(v);
-#else
-  return c10::get_if<T>(v);
-#endif
-}
 
 /// Adds a Conv2d's FLOPs for an [., Cin, h, w] input (after `extra_pad` zero rows/cols on the
 /// right/bottom) and replaces h, w with the output size.

@@ -1,6 +1,8 @@
 #pragma once
 /// Resolution changes between UNet levels (diffusers `Downsample2D` / `Upsample2D` with
 /// use_conv=True).
+#include <ddpm/nn/conv.hpp>
+
 #include <torch/arg.h>
 #include <torch/nn/cloneable.h>
 #include <torch/nn/functional/padding.h>
@@ -29,7 +31,7 @@ class DownsampleImpl : public torch::nn::Cloneable<DownsampleImpl> {
   void reset() override {
     TORCH_CHECK(options.padding() >= 0, "Downsample: padding must be >= 0, got ", options.padding());
     conv = register_module(
-        "conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(options.channels(), options.channels(), 3)
+        "conv", ddpm::Conv2d(torch::nn::Conv2dOptions(options.channels(), options.channels(), 3)
                                       .stride(2)
                                       .padding(options.padding())));
   }
@@ -43,7 +45,7 @@ class DownsampleImpl : public torch::nn::Cloneable<DownsampleImpl> {
     return conv(x);
   }
   DownsampleOptions options;
-  torch::nn::Conv2d conv{nullptr};
+  Conv2d conv{nullptr};
 };
 TORCH_MODULE(Downsample);
 
@@ -60,7 +62,7 @@ class UpsampleImpl : public torch::nn::Cloneable<UpsampleImpl> {
   explicit UpsampleImpl(UpsampleOptions opts) : options(std::move(opts)) { reset(); }
   void reset() override {
     conv = register_module(
-        "conv", torch::nn::Conv2d(
+        "conv", ddpm::Conv2d(
                     torch::nn::Conv2dOptions(options.channels(), options.channels(), 3).padding(1)));
   }
   torch::Tensor forward(const torch::Tensor& x) {
@@ -72,7 +74,7 @@ class UpsampleImpl : public torch::nn::Cloneable<UpsampleImpl> {
     return conv(up);
   }
   UpsampleOptions options;
-  torch::nn::Conv2d conv{nullptr};
+  Conv2d conv{nullptr};
 };
 TORCH_MODULE(Upsample);
 

@@ -2,6 +2,7 @@
 /// Residual block with timestep conditioning (diffusers `ResnetBlock2D`, "default" time
 /// embedding norm), as in Ho et al. 2020 (after Wide ResNet / PixelCNN++).
 #include <ddpm/error.hpp>
+#include <ddpm/nn/conv.hpp>
 
 #include <torch/arg.h>
 #include <torch/nn/cloneable.h>
@@ -84,7 +85,7 @@ class ResnetBlockImpl : public torch::nn::Cloneable<ResnetBlockImpl> {
         "norm1", torch::nn::GroupNorm(
                      torch::nn::GroupNormOptions(o.groups(), o.in_channels()).eps(o.eps())));
     conv1 = register_module(
-        "conv1", torch::nn::Conv2d(
+        "conv1", ddpm::Conv2d(
                      torch::nn::Conv2dOptions(o.in_channels(), o.out_channels(), 3).padding(1)));
     time_emb_proj = nullptr;
     if (o.temb_channels() > 0) {
@@ -96,13 +97,13 @@ class ResnetBlockImpl : public torch::nn::Cloneable<ResnetBlockImpl> {
                      torch::nn::GroupNormOptions(o.groups(), o.out_channels()).eps(o.eps())));
     dropout = register_module("dropout", torch::nn::Dropout(o.dropout()));
     conv2 = register_module(
-        "conv2", torch::nn::Conv2d(
+        "conv2", ddpm::Conv2d(
                      torch::nn::Conv2dOptions(o.out_channels(), o.out_channels(), 3).padding(1)));
     conv_shortcut = nullptr;
     if (o.in_channels() != o.out_channels()) {
       conv_shortcut = register_module(
           "conv_shortcut",
-          torch::nn::Conv2d(torch::nn::Conv2dOptions(o.in_channels(), o.out_channels(), 1)));
+          ddpm::Conv2d(torch::nn::Conv2dOptions(o.in_channels(), o.out_channels(), 1)));
     }
   }
 
@@ -126,12 +127,12 @@ class ResnetBlockImpl : public torch::nn::Cloneable<ResnetBlockImpl> {
 
   ResnetBlockOptions options;
   torch::nn::GroupNorm norm1{nullptr};
-  torch::nn::Conv2d conv1{nullptr};
+  Conv2d conv1{nullptr};
   torch::nn::Linear time_emb_proj{nullptr};
   torch::nn::GroupNorm norm2{nullptr};
   torch::nn::Dropout dropout{nullptr};
-  torch::nn::Conv2d conv2{nullptr};
-  torch::nn::Conv2d conv_shortcut{nullptr};
+  Conv2d conv2{nullptr};
+  Conv2d conv_shortcut{nullptr};
 };
 TORCH_MODULE(ResnetBlock);
 

@@ -6,6 +6,7 @@
 #include <ddpm/detail/json_util.hpp>
 #include <ddpm/error.hpp>
 #include <ddpm/nn/blocks.hpp>
+#include <ddpm/nn/conv.hpp>
 #include <ddpm/nn/resnet.hpp>
 #include <ddpm/nn/time_embedding.hpp>
 
@@ -375,7 +376,7 @@ class UNetImpl : public torch::nn::Cloneable<UNetImpl> {
     const int64_t levels = o.num_levels();
     const int64_t temb = o.time_embed_dim();
     conv_in = register_module(
-        "conv_in", torch::nn::Conv2d(torch::nn::Conv2dOptions(o.in_channels(), ch[0], 3).padding(1)));
+        "conv_in", ddpm::Conv2d(torch::nn::Conv2dOptions(o.in_channels(), ch[0], 3).padding(1)));
     const auto temb_options =
         TimeEmbeddingOptions(ch[0], temb).flip_sin_to_cos(o.flip_sin_to_cos()).freq_shift(o.freq_shift());
     time_embedding = register_module("time_embedding", TimeEmbedding(temb_options));
@@ -438,7 +439,14 @@ class UNetImpl : public torch::nn::Cloneable<UNetImpl> {
         "conv_norm_out",
         torch::nn::GroupNorm(torch::nn::GroupNormOptions(o.norm_num_groups(), ch[0]).eps(o.norm_eps())));
     conv_out = register_module(
-        "conv_out", torch::nn::Conv2d(torch::nn::Conv2dOptions(ch[0], o.out_channels(), 3).padding(1)));
+        "conv_out", ddpm::Conv2d(torch::nn::Conv2dOptions(ch[0], o.out_channels(), 3).padding(1)));
+  }
+
+  /// A deep copy (Cloneable), with the fast inference path set as here.
+  std::shared_ptr<torch::nn::Module> clone(const c10::optional<torch::Device>& device = c10::nullopt) const override {
+    auto copy = torch::nn::Cloneable<UNetImpl>::clone(device);
+    std::dynamic_pointer_cast<UNetImpl>(copy)->set_fast_inference(fast_inference_);
+    return copy;
   }
 
   /// x [B, in_channels, H, W] (H, W multiples of 2^(levels-1)), t [B] / [1] / [] int or float
@@ -522,6 +530,25 @@ class UNetImpl : public torch::nn::Cloneable<UNetImpl> {
   /// Whether set_channels_last(true) is in effect.
   bool channels_last() const { return channels_last_; }
 
+  /// The fast inference path, for sampling: every convolution runs on oneDNN with its weight
+  /// pre-packed once (ddpm::Conv2d), and attention works channel-major with fused, pre-packed
+  /// q/k/v and output projections and no transposed copies (AttentionBlock). It applies to
+  /// no-grad calls in eval mode on float32 NCHW CPU input when LibTorch has oneDNN; any other call
+  /// (training, autograd, CUDA, bf16, channels-last) takes the exact path. Packed weights are
+  /// rebuilt after the weights change (optimizer step, load_state_dict). Results differ from the
+  /// exact path by float rounding: within 1e-4 of the diffusers fixtures for one forward and
+  /// 1e-3 after whole sampling runs (tests/unit/test_fast_inference.cpp); speed in
+  /// docs/performance.md. set_fast_inference(false) restores the exact path bit for bit.
+  void set_fast_inference(bool on) {
+    fast_inference_ = on;
+    for (const auto& m : modules(/*include_self=*/false)) {
+      if (auto* conv = m->as<Conv2dImpl>()) conv->set_fast_inference(on);
+      if (auto* attn = m->as<AttentionBlockImpl>()) attn->set_fast_inference(on);
+    }
+  }
+  /// Whether set_fast_inference(true) is in effect.
+  bool fast_inference() const { return fast_inference_; }
+
   /// Total number of parameter elements.
   int64_t num_parameters() const {
     int64_t n = 0;
@@ -530,7 +557,7 @@ class UNetImpl : public torch::nn::Cloneable<UNetImpl> {
   }
 
   UNetOptions options;
-  torch::nn::Conv2d conv_in{nullptr};
+  Conv2d conv_in{nullptr};
   TimeEmbedding time_embedding{nullptr};
   /// "class_embedding" (diffusers' name) when class_conditioning() == "embedding": weight
   /// [num_class_embeds, time_embed_dim].
@@ -543,10 +570,11 @@ class UNetImpl : public torch::nn::Cloneable<UNetImpl> {
   torch::nn::ModuleList up_blocks{nullptr};
   MidBlock mid_block{nullptr};
   torch::nn::GroupNorm conv_norm_out{nullptr};
-  torch::nn::Conv2d conv_out{nullptr};
+  Conv2d conv_out{nullptr};
 
  private:
   bool channels_last_ = false;
+  bool fast_inference_ = false;
 
   torch::Tensor run(const torch::Tensor& x_in, const torch::Tensor& t, const torch::Tensor& class_labels,
                     std::map<std::string, torch::Tensor>* acts) {
