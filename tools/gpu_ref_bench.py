@@ -5,6 +5,11 @@ train = q_sample + forward + MSE(eps) + backward + AdamW step at B=128, forward 
 at B=256, each in float32 and under bf16 autocast. One JSON object per line on stdout; when
 diffusers does not import (a machine with only torch), one line {"skipped": reason}.
 Used by tools/gpu-check.sh; dev tooling, not part of the library or of CI.
+
+On a CPU, the same-run reference of docs/performance.md (float32 only; one JSON line per run,
+with the same 2048x2048 sgemm reference as ddpm_bench, 5 runs before and after):
+  OMP_WAIT_POLICY=PASSIVE python3 tools/gpu_ref_bench.py --device cpu --threads 2 \
+      --runs forward:1,forward:16,train:32 --iters 10 --warmup 2
 """
 import argparse
 import json
@@ -19,7 +24,11 @@ def main():
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--runs", default="", help="mode:batch,... (default train:128,forward:256; CPU train:2,forward:2)")
+    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     a = ap.parse_args()
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
     try:
         from diffusers import UNet2DModel
     except Exception as e:  # noqa: BLE001 - any import failure means "no reference here"
@@ -27,8 +36,25 @@ def main():
         return
     dev = torch.device(a.device)
     cpu = dev.type == "cpu"
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
     runs = [("train", 2 if cpu else 128), ("forward", 2 if cpu else 256)]
     iters, warmup = (1, 0) if cpu else (a.iters, a.warmup)
+    if a.runs:
+        runs = [(r.split(":")[0], int(r.split(":")[1])) for r in a.runs.split(",")]
+        iters, warmup = a.iters, a.warmup
+
+    def sgemm_gflops():
+        m = torch.randn(2048, 2048, device=dev)
+        ts = []
+        for _ in range(6):
+            t0 = time.perf_counter()
+            torch.mm(m, m)
+            sync()
+            ts.append(time.perf_counter() - t0)
+        return 2 * 2048 ** 3 / statistics.median(ts[1:]) / 1e9
     torch.manual_seed(0)
     model = UNet2DModel(sample_size=32, in_channels=3, out_channels=3, layers_per_block=2,
                         block_out_channels=(128, 256, 256, 256),
@@ -39,10 +65,6 @@ def main():
     betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
     abar = torch.cumprod(1 - betas, 0).float().to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-
-    def sync():
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
 
     for precision in ("fp32", "bf16"):
         if cpu and precision == "bf16":
@@ -71,6 +93,7 @@ def main():
                 def step():
                     with torch.inference_mode(), amp:
                         model(x0, t)
+            sg_before = sgemm_gflops()
             for _ in range(warmup):
                 step()
             sync()
@@ -81,9 +104,11 @@ def main():
                 sync()
                 times.append(time.perf_counter() - t0)
             med = statistics.median(times)
+            sgemm = statistics.median([sg_before, sgemm_gflops()])
             print(json.dumps({"impl": "pytorch-eager diffusers UNet2DModel", "torch": torch.__version__,
                               "device": a.device, "mode": mode, "batch_size": B, "precision": precision,
                               "median_s": med, "min_s": min(times), "images_per_s": B / med,
+                              "threads": torch.get_num_threads(), "sgemm_gflops_per_s": sgemm,
                               "tf32_cudnn": torch.backends.cudnn.allow_tf32,
                               "tf32_matmul": torch.backends.cuda.matmul.allow_tf32}), flush=True)
 
