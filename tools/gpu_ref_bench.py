@@ -107,7 +107,7 @@ def main():
             sgemm = statistics.median([sg_before, sgemm_gflops()])
             print(json.dumps({"impl": "pytorch-eager diffusers UNet2DModel", "torch": torch.__version__,
                               "device": a.device, "mode": mode, "batch_size": B, "precision": precision,
-                              "median_s": med, "min_s": min(times), "images_per_s": B / med,
+                              "median_s": med, "min_s": min(times), "times_s": times, "images_per_s": B / med,
                               "threads": torch.get_num_threads(), "sgemm_gflops_per_s": sgemm,
                               "tf32_cudnn": torch.backends.cudnn.allow_tf32,
                               "tf32_matmul": torch.backends.cuda.matmul.allow_tf32}), flush=True)
