@@ -30,7 +30,6 @@ print("| run | calls | median s | images/s | vs diffusers PASSIVE | vs diffusers
 print("|---|---:|---:|---:|---:|---:|---:|---:|")
 for name, r in runs.items():
     med = statistics.median(r["t"])
-    what = name.split(" ", 2)[-1] if name.startswith("ours") else name.split(" ", 2)[-1]
     work = " ".join(name.split()[-2:])
     ref = {}
     for env in ("PASSIVE", "as-is"):
