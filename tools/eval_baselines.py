@@ -12,6 +12,10 @@ Needs numpy and safetensors (the project's venv has both); reads the IDX files o
   test-blur3     test images blurred with a 3x3 box filter (edges replicated)
   class-means    each test image replaced by the mean image of its class (10 distinct images)
   noise          uniform noise in [-1, 1]
+  test-1000      the first 1000 test images (the n a model is scored at)
+  mirror-half    the same 1000, a random half of them mirrored left-right: what a model trained
+                 with random_flip draws at best, since Fashion-MNIST's shoes all face one way
+  mirror-all     the same 1000, all mirrored
 """
 import argparse
 import gzip
@@ -65,6 +69,14 @@ def main():
         ("per-class mean images", means[labels]),
         ("uniform noise", rng.uniform(-1, 1, test.shape)),
     ]
+    few = model_range(idx("t10k-images-idx3-ubyte"))[:1000]
+    mirror = rng.random(len(few)) < 0.5
+    half = np.where(mirror[:, None, None, None], few[..., ::-1], few)
+    sets += [
+        ("test images (n = 1000)", few),
+        ("test images (n = 1000), a random half mirrored left-right", half),
+        ("test images (n = 1000), all mirrored left-right", few[..., ::-1]),
+    ]
     rows = []
     with tempfile.TemporaryDirectory() as d:
         for name, x in sets:
@@ -75,6 +87,12 @@ def main():
             j = json.loads(out)
             rows.append((name, j))
             print(f"{name}: {out.strip()}", flush=True)
+    print()
+    # Orientation: the share of each class's training images with more ink in the right half.
+    tl = idx("train-labels-idx1-ubyte")
+    heavy = train[..., 14:].sum((1, 2, 3)) > train[..., :14].sum((1, 2, 3))
+    print("right-heavy share of the training images by class: " +
+          ", ".join(f"{c} {heavy[tl == c].mean():.1%}" for c in range(10)))
     print()
     print("| set | n | FD-fmnist | KID | mean confidence | seconds |")
     print("|---|---:|---:|---:|---:|---:|")
