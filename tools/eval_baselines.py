@@ -51,10 +51,10 @@ def main():
     a = p.parse_args()
     rng = np.random.default_rng(a.seed)
     train = model_range(idx("train-images-idx3-ubyte"))
-    test = model_range(idx("t10k-images-idx3-ubyte"))
+    test_all = model_range(idx("t10k-images-idx3-ubyte"))
     labels = idx("t10k-labels-idx1-ubyte")
-    n = min(a.n, len(test))
-    test = test[:n]
+    n = min(a.n, len(test_all))
+    test = test_all[:n]
     labels = labels[:n]
     x01 = (test + 1) / 2
     noisy = np.clip(x01 + 0.1 * rng.standard_normal(x01.shape), 0, 1) * 2 - 1
@@ -69,7 +69,7 @@ def main():
         ("per-class mean images", means[labels]),
         ("uniform noise", rng.uniform(-1, 1, test.shape)),
     ]
-    few = model_range(idx("t10k-images-idx3-ubyte"))[:1000]
+    few = test_all[:1000]
     mirror = rng.random(len(few)) < 0.5
     half = np.where(mirror[:, None, None, None], few[..., ::-1], few)
     sets += [
