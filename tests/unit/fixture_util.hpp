@@ -1,6 +1,9 @@
 #pragma once
 /// Test helpers for the diffusers fixtures in tests/data/diffusers (see its README.md).
 #include <ddpm/detail/json_util.hpp>
+#include <ddpm/io/diffusers.hpp>
+#include <ddpm/io/safetensors.hpp>
+#include <ddpm/nn/unet.hpp>
 
 #include <torch/torch.h>
 
@@ -18,6 +21,23 @@ namespace ddpm_test {
 /// Path of a file under tests/data/diffusers.
 inline std::string diffusers_fixture_path(const std::string& name) {
   return std::string(DDPM_TEST_DATA_DIR) + "/diffusers/" + name;
+}
+
+/// Short name of diffusers_fixture_path, for the test files' `using ddpm_test::fixture;`.
+inline std::string fixture(const std::string& name) { return diffusers_fixture_path(name); }
+
+/// The UNet of fixture `name` (its config.json and model.safetensors), in eval mode.
+inline ddpm::UNet load_fixture_unet(const std::string& name) {
+  ddpm::UNet unet(ddpm::load_unet_config(fixture(name + "/config.json")));
+  ddpm::load_unet_state(unet, ddpm::load_safetensors(fixture(name + "/model.safetensors")), name);
+  unet->eval();
+  return unet;
+}
+
+/// max |a - b|, computed in float64. a and b must have the same shape.
+inline double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b) {
+  TORCH_CHECK(a.sizes() == b.sizes(), "max_abs_diff: shapes ", a.sizes(), " and ", b.sizes(), " differ");
+  return (a.to(torch::kFloat64) - b.to(torch::kFloat64)).abs().max().item<double>();
 }
 
 /// Parses tests/data/diffusers/<name> (cached per name: the files are read-only).

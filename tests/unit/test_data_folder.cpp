@@ -40,12 +40,7 @@ std::vector<uint8_t> synth_pixels(int seed, int h, int w, int comp) {
   return px;
 }
 
-void write_bytes(const std::string& path, const std::vector<uint8_t>& bytes) {
-  fs::create_directories(fs::path(path).parent_path());
-  std::ofstream f(path, std::ios::binary);
-  f.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-  REQUIRE(f.good());
-}
+using ddpm_test::write_bytes;
 
 // Writes pixels [h, w, comp] as PNG, JPEG (quality 95) or BMP, by the extension (any case).
 void write_image(const std::string& path, const std::vector<uint8_t>& px, int h, int w, int comp) {

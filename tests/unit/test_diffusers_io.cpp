@@ -22,13 +22,10 @@ using ddpm_test::TempDir;
 
 namespace {
 
-constexpr auto& fixture = ddpm_test::diffusers_fixture_path;
+using ddpm_test::fixture;
 
 
-double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b) {
-  REQUIRE(a.sizes() == b.sizes());
-  return (a.to(torch::kFloat64) - b.to(torch::kFloat64)).abs().max().item<double>();
-}
+using ddpm_test::max_abs_diff;
 
 }  // namespace
 

@@ -19,7 +19,7 @@ const std::map<std::string, torch::Tensor>& frechet_fixture() {
   return t;
 }
 torch::Tensor fx(const std::string& name) { return frechet_fixture().at(name).to(torch::kFloat64); }
-double fs(const std::string& name) { return fx(name).item<double>(); }
+double fx_scalar(const std::string& name) { return fx(name).item<double>(); }
 
 double max_rel(const torch::Tensor& a, const torch::Tensor& b) {
   return ((a - b).abs().max() / b.abs().max()).item<double>();
@@ -76,9 +76,9 @@ TEST_CASE("eval: Frechet distance equals pytorch-fid's on recorded features", "[
     const auto a = stats_of(fx(c + ".x"));
     const auto b = stats_of(fx(c + ".y"));
     const auto r = ddpm::frechet_distance(a.mu, a.sigma, b.mu, b.sigma);
-    INFO(c << ": fd " << r.distance << " vs pytorch-fid " << fs(c + ".fd"));
-    CHECK(std::abs(r.distance - fs(c + ".fd")) < 1e-9 * std::abs(fs(c + ".fd")));
-    CHECK(std::abs(r.trace_sqrt - fs(c + ".fd_scipy_trace")) < 1e-10 * fs(c + ".fd_scipy_trace"));
+    INFO(c << ": fd " << r.distance << " vs pytorch-fid " << fx_scalar(c + ".fd"));
+    CHECK(std::abs(r.distance - fx_scalar(c + ".fd")) < 1e-9 * std::abs(fx_scalar(c + ".fd")));
+    CHECK(std::abs(r.trace_sqrt - fx_scalar(c + ".fd_scipy_trace")) < 1e-10 * fx_scalar(c + ".fd_scipy_trace"));
     CHECK(std::abs(r.distance - (r.mean_term + r.trace_term)) < 1e-12 * r.distance);
     // Symmetric in its arguments, zero against itself.
     const auto rev = ddpm::frechet_distance(b.mu, b.sigma, a.mu, a.sigma);
@@ -157,7 +157,7 @@ TEST_CASE("eval: FD of two samples of one distribution grows like 1/n", "[eval][
 TEST_CASE("eval: KID equals the recorded unbiased MMD and is reproducible", "[eval][kid]") {
   for (const std::string c : {"small", "relu"}) {
     const torch::Tensor x = fx(c + ".x"), y = fx(c + ".y");
-    const double want = fs(c + ".mmd2");
+    const double want = fx_scalar(c + ".mmd2");
     CHECK(ddpm::polynomial_mmd2_unbiased(x, y) == Approx(want).epsilon(1e-10).margin(1e-13));
   }
   const torch::Tensor x = fx("relu.x"), y = fx("relu.y");
@@ -170,7 +170,7 @@ TEST_CASE("eval: KID equals the recorded unbiased MMD and is reproducible", "[ev
   const auto whole32 = ddpm::kernel_inception_distance(x.slice(0, 0, 300), y, ddpm::KidOptions().subset_size(300));
   CHECK(std::abs(whole32.mean - exact) < 1e-6);  // kernel values are O(1) here
   const torch::Tensor sx = fx("small.x"), sy = fx("small.y");
-  CHECK(ddpm::polynomial_mmd2_unbiased(sx, sy, torch::kFloat32) == Approx(fs("small.mmd2")).epsilon(1e-5));
+  CHECK(ddpm::polynomial_mmd2_unbiased(sx, sy, torch::kFloat32) == Approx(fx_scalar("small.mmd2")).epsilon(1e-5));
   // Subsets: reproducible with the seed, different with another, and unbiased (their mean is
   // close to the whole-set value on the scale of its spread).
   const auto opt = ddpm::KidOptions().subset_size(100).num_subsets(50).seed(7);
@@ -181,7 +181,7 @@ TEST_CASE("eval: KID equals the recorded unbiased MMD and is reproducible", "[ev
   CHECK(a.mean != c.mean);
   CHECK(a.subset_size == 100);
   CHECK(a.std > 0);
-  CHECK(std::abs(a.mean - fs("relu.mmd2")) < 3 * a.std / std::sqrt(50.0) + 1e-3);
+  CHECK(std::abs(a.mean - fx_scalar("relu.mmd2")) < 3 * a.std / std::sqrt(50.0) + 1e-3);
   // Default subset size is min(1000, n_x, n_y).
   CHECK(ddpm::kernel_inception_distance(x, y, ddpm::KidOptions().num_subsets(2)).subset_size == 300);
   CHECK_THROWS_WITH(ddpm::kernel_inception_distance(x.slice(0, 0, 1), y), Catch::Contains("at least 2"));

@@ -19,7 +19,7 @@ using ddpm_test::max_rel_err;
 
 namespace {
 
-constexpr auto& fixture = ddpm_test::diffusers_fixture_path;
+using ddpm_test::fixture;
 
 /// Debian's LibTorch and the PyPI wheels have oneDNN; a build without it runs the exact path.
 bool no_onednn() {
@@ -28,12 +28,7 @@ bool no_onednn() {
   return true;
 }
 
-ddpm::UNet load_fixture_unet(const std::string& name) {
-  ddpm::UNet unet(ddpm::load_unet_config(fixture(name + "/config.json")));
-  ddpm::load_unet_state(unet, ddpm::load_safetensors(fixture(name + "/model.safetensors")), name);
-  unet->eval();
-  return unet;
-}
+using ddpm_test::load_fixture_unet;
 
 torch::Tensor labels_of(const std::map<std::string, torch::Tensor>& io) {
   return io.count("class_labels") ? io.at("class_labels") : torch::Tensor();

@@ -294,7 +294,7 @@ TEST_CASE("parse_class_labels (--class): indices, names, lists, grid rows and cl
 // ----------------------------------------------------------------------------- training
 namespace {
 
-std::string temp_dir() { return ddpm_test::process_temp_dir("cfg-trainer"); }
+std::string cfg_trainer_dir() { return ddpm_test::process_temp_dir("cfg-trainer"); }
 
 // 32 grayscale 6x6 images with a bright square in one of four corners; label = the corner.
 ddpm::ImageData corner_data(bool names = true) {
@@ -336,7 +336,7 @@ using ddpm_test::QuietTrainer;
 
 TEST_CASE("Conditional training feeds the batch labels, dropping p_uncond of them", "[guidance][train]") {
   {
-    auto cfg = cond_config(temp_dir());
+    auto cfg = cond_config(cfg_trainer_dir());
     cfg.p_uncond = 0.5;
     QuietTrainer t(cfg, corner_data());
     CHECK(t.unet_options().num_class_embeds().value_or(0) == 5);
@@ -357,7 +357,7 @@ TEST_CASE("Conditional training feeds the batch labels, dropping p_uncond of the
     CHECK(std::abs(static_cast<double>(dropped) - 48.0) < 5 * std::sqrt(96 * 0.25));
   }
   {
-    auto cfg = cond_config(temp_dir());
+    auto cfg = cond_config(cfg_trainer_dir());
     cfg.p_uncond = 0.0;
     QuietTrainer t(cfg, corner_data());
     for (int64_t s = 0; s < 4; ++s) {
@@ -368,7 +368,7 @@ TEST_CASE("Conditional training feeds the batch labels, dropping p_uncond of the
   }
   {
     // Unconditional runs report no labels.
-    auto cfg = cond_config(temp_dir());
+    auto cfg = cond_config(cfg_trainer_dir());
     cfg.num_classes = 0;
     QuietTrainer t(cfg, corner_data());
     CHECK_FALSE(t.train_step().class_labels.defined());
@@ -378,7 +378,7 @@ TEST_CASE("Conditional training feeds the batch labels, dropping p_uncond of the
 
 TEST_CASE("Conditional stop + resume equals the uninterrupted run; checkpoints record the class names",
           "[guidance][train]") {
-  const std::string dir_a = temp_dir(), dir_b = temp_dir();
+  const std::string dir_a = cfg_trainer_dir(), dir_b = cfg_trainer_dir();
   {
     QuietTrainer a(cond_config(dir_a), corner_data());
     CHECK(a.run().status == ddpm::RunStatus::Completed);
@@ -419,15 +419,15 @@ TEST_CASE("Conditional stop + resume equals the uninterrupted run; checkpoints r
 TEST_CASE("num_classes errors name the key and the data", "[guidance][train]") {
   auto no_labels = corner_data();
   no_labels.labels = torch::Tensor();
-  require_error([&] { QuietTrainer t(cond_config(temp_dir()), no_labels); },
+  require_error([&] { QuietTrainer t(cond_config(cfg_trainer_dir()), no_labels); },
                 {"\"num_classes\" = 4", "corners", "has none"});
-  auto cfg = cond_config(temp_dir());
+  auto cfg = cond_config(cfg_trainer_dir());
   cfg.num_classes = 10;
   require_error([&] { QuietTrainer t(cfg, corner_data()); }, {"\"num_classes\" = 10", "has 4 classes"});
   cfg.num_classes = 3;
   require_error([&] { QuietTrainer t(cfg, corner_data(false)); }, {"\"num_classes\" = 3", "labels in [0, 3]"});
   // A class-conditional model config needs num_classes.
-  auto uncond = cond_config(temp_dir());
+  auto uncond = cond_config(cfg_trainer_dir());
   uncond.num_classes = 0;
   uncond.model["num_class_embeds"] = 5;
   require_error([&] { QuietTrainer t(uncond, corner_data()); }, {"num_class_embeds 5", "\"num_classes\" is 0"});

@@ -22,7 +22,7 @@ using ddpm_test::TempDir;
 
 namespace {
 
-constexpr auto& fixture = ddpm_test::diffusers_fixture_path;
+using ddpm_test::fixture;
 
 /// Writes [u64 N][header][data] by hand (no padding unless the header carries it).
 void write_raw(const std::string& path, const std::string& header, const std::string& data,

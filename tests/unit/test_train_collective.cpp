@@ -14,7 +14,7 @@
 
 namespace {
 
-std::string temp_dir() { return ddpm_test::process_temp_dir("collective"); }
+std::string collective_dir() { return ddpm_test::process_temp_dir("collective"); }
 
 ddpm::ImageData tiny_images() {
   ddpm::ImageData d;
@@ -24,7 +24,7 @@ ddpm::ImageData tiny_images() {
   return d;
 }
 
-ddpm::TrainConfig tiny_config(const std::string& out) {
+ddpm::TrainConfig collective_config(const std::string& out) {
   ddpm::TrainConfig c = ddpm_test::tiny_train_config(out, 8, /*channels=*/8);
   c.batch_size = 4;
   c.steps = 10;
@@ -49,7 +49,7 @@ ddpm::TrainerHooks fake_hooks(FakePeer& peer, int rank) {
 
 TEST_CASE("A non-finite loss on another rank stops this rank's step too", "[train][collective]") {
   FakePeer peer;
-  ddpm::Trainer t(tiny_config(temp_dir()), tiny_images(), fake_hooks(peer, 1), [](const std::string&) {});
+  ddpm::Trainer t(collective_config(collective_dir()), tiny_images(), fake_hooks(peer, 1), [](const std::string&) {});
   const auto x0 = t.loader().batch(0);
 
   // Finite on both ranks: the reported loss is the mean of the two ranks' losses.
@@ -78,6 +78,6 @@ TEST_CASE("Ranks that resumed at different steps are refused with a clear error"
   FakePeer peer;
   peer.other = 3;  // the other rank claims step 3, this rank starts fresh at step 0
   CHECK_THROWS_WITH(
-      ddpm::Trainer(tiny_config(temp_dir()), tiny_images(), fake_hooks(peer, 1), [](const std::string&) {}),
+      ddpm::Trainer(collective_config(collective_dir()), tiny_images(), fake_hooks(peer, 1), [](const std::string&) {}),
       Catch::Contains("resumed at different steps") && Catch::Contains("shared file system"));
 }

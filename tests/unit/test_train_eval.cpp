@@ -23,7 +23,7 @@
 
 namespace {
 
-std::string temp_dir() { return ddpm_test::process_temp_dir("train_eval"); }
+std::string train_eval_dir() { return ddpm_test::process_temp_dir("train_eval"); }
 
 // 16 images of `channels` x 28 x 28: a bright block whose position depends on the index.
 ddpm::ImageData block_data(int64_t channels, int64_t size = 28) {
@@ -83,14 +83,14 @@ Lines read_metrics(const std::string& dir) {
 }  // namespace
 
 TEST_CASE("eval_every is rejected for data the Fashion-MNIST classifier cannot score", "[train][eval]") {
-  auto cfg = eval_config(temp_dir());
+  auto cfg = eval_config(train_eval_dir());
   CHECK_THROWS_WITH(QuietTrainer(cfg, block_data(3)),
                     Catch::Contains("1-channel 28x28 or 32x32") && Catch::Contains("3-channel 32x32") &&
                         Catch::Contains("eval_every to 0"));
   cfg.image_size = 64;
   CHECK_THROWS_WITH(QuietTrainer(cfg, block_data(1)), Catch::Contains("1-channel 64x64"));
   // Off: the same 3-channel data trains.
-  cfg = eval_config(temp_dir());
+  cfg = eval_config(train_eval_dir());
   cfg.eval_every = 0;
   CHECK_NOTHROW(QuietTrainer(cfg, block_data(3)));
   // Config checks: ranges and sampler names.
@@ -105,7 +105,7 @@ TEST_CASE("eval_every is rejected for data the Fashion-MNIST classifier cannot s
 }
 
 TEST_CASE("Evaluation during training logs eval lines and keeps best.pt; resume keeps them", "[train][eval]") {
-  const std::string dir = temp_dir();
+  const std::string dir = train_eval_dir();
   const auto cfg = eval_config(dir);
   {
     QuietTrainer t(cfg, block_data(1));
@@ -229,7 +229,7 @@ TwoRanks evaluate_on_two_ranks(const ddpm::TrainConfig& cfg, const ddpm::ImageDa
 
 TEST_CASE("Rank-parallel evaluation merges the ranks' statistics into the FD of all their samples",
           "[train][eval]") {
-  auto cfg = eval_config(temp_dir());
+  auto cfg = eval_config(train_eval_dir());
   cfg.eval_samples = 7;  // rank 0 generates 4, rank 1 3
   const TwoRanks two = evaluate_on_two_ranks(cfg, block_data(1));
   const ddpm::EvalResult& r0 = two.r0;
@@ -249,7 +249,7 @@ TEST_CASE("Rank-parallel evaluation merges the ranks' statistics into the FD of 
 
 TEST_CASE("Class-conditional rank-parallel evaluation merges the class accuracy of all the ranks' samples",
           "[train][eval][guidance]") {
-  auto cfg = eval_config(temp_dir());
+  auto cfg = eval_config(train_eval_dir());
   cfg.num_classes = 10;
   cfg.guidance_scale = 2;
   cfg.eval_samples = 23;  // rank 0: classes 0..9, 0, 1; rank 1: 0..9, 0
@@ -280,6 +280,6 @@ TEST_CASE("Class-conditional rank-parallel evaluation merges the class accuracy 
 
   // Other class names (MNIST digits, say) are not the classifier's: no class accuracy.
   data.class_names = ddpm::mnist_class_names();
-  cfg.out_dir = temp_dir() + "/digits";
+  cfg.out_dir = train_eval_dir() + "/digits";
   CHECK(evaluate_on_two_ranks(cfg, data).r0.class_accuracy.empty());
 }

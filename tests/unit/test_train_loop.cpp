@@ -15,7 +15,7 @@
 
 namespace {
 
-std::string temp_dir() { return ddpm_test::process_temp_dir("trainer"); }
+std::string trainer_dir() { return ddpm_test::process_temp_dir("trainer"); }
 
 // 32 grayscale 6x6 images (padded to 8x8 by the trainer): a bright 3x3 square in
 // one of four corners on a dark background.
@@ -58,7 +58,7 @@ using ddpm_test::QuietTrainer;
 }  // namespace
 
 TEST_CASE("Training steps on tiny data lower the loss on a fixed evaluation batch", "[train][trainer]") {
-  auto cfg = tiny_config(temp_dir());
+  auto cfg = tiny_config(trainer_dir());
   cfg.steps = 30;
   cfg.lr = 3e-3;
   QuietTrainer trainer(cfg, tiny_data(), {}, quiet());
@@ -78,7 +78,7 @@ TEST_CASE("Training steps on tiny data lower the loss on a fixed evaluation batc
 
 TEST_CASE("A checkpoint of another model is refused by resume and by sampling from its run folder",
           "[train][trainer][checkpoint][limits]") {
-  const std::string dir_a = temp_dir(), dir_c = temp_dir();
+  const std::string dir_a = trainer_dir(), dir_c = trainer_dir();
   {
     QuietTrainer a(tiny_config(dir_a), tiny_data(), {}, quiet());
     REQUIRE(a.run().step == 6);
@@ -128,7 +128,7 @@ TEST_CASE("A checkpoint of another model is refused by resume and by sampling fr
 }
 
 TEST_CASE("Stop and resume reproduces the uninterrupted loss sequence exactly", "[train][trainer]") {
-  const std::string dir_a = temp_dir(), dir_b = temp_dir();
+  const std::string dir_a = trainer_dir(), dir_b = trainer_dir();
   {
     QuietTrainer a(tiny_config(dir_a), tiny_data(), {}, quiet());
     const auto res = a.run();
@@ -185,7 +185,7 @@ TEST_CASE("Stop and resume reproduces the uninterrupted loss sequence exactly", 
 }
 
 TEST_CASE("A non-finite loss stops training and leaves the last good checkpoint", "[train][trainer]") {
-  const std::string dir = temp_dir();
+  const std::string dir = trainer_dir();
   auto cfg = tiny_config(dir);
   QuietTrainer t(cfg, tiny_data(), {}, quiet());
   const auto w_before = t.model()->named_parameters()["conv_in.weight"].clone();
@@ -197,7 +197,7 @@ TEST_CASE("A non-finite loss stops training and leaves the last good checkpoint"
   CHECK(torch::equal(w_before, t.model()->named_parameters()["conv_in.weight"]));
 
   // A huge learning rate blows the weights up; run() stops at the first non-finite loss.
-  auto cfg2 = tiny_config(temp_dir());
+  auto cfg2 = tiny_config(trainer_dir());
   cfg2.lr = 1e30;
   cfg2.warmup_steps = 0;
   cfg2.grad_clip = 0;
@@ -218,7 +218,7 @@ TEST_CASE("A non-finite loss stops training and leaves the last good checkpoint"
 
 TEST_CASE("A run killed before its first checkpoint leaves no duplicate metrics lines or temporaries",
           "[train][trainer][checkpoint]") {
-  const std::string dir = temp_dir();
+  const std::string dir = trainer_dir();
   auto cfg = tiny_config(dir);
   cfg.steps = 3;
   cfg.checkpoint_every = 0;
@@ -243,7 +243,7 @@ TEST_CASE("A run killed before its first checkpoint leaves no duplicate metrics 
 }
 
 TEST_CASE("SIGINT during run() saves a checkpoint and stops; hooks are called", "[train][trainer]") {
-  const std::string dir = temp_dir();
+  const std::string dir = trainer_dir();
   auto cfg = tiny_config(dir);
   cfg.steps = 100;
   int broadcasts = 0, averages = 0;
@@ -287,7 +287,7 @@ TEST_CASE("TrainConfig JSON round trip and rejection of unknown keys and names",
   CHECK_THROWS_WITH(ddpm::resolve_model_config("huge"), Catch::Contains("unknown model \"huge\""));
   CHECK(ddpm::resolve_model_config("seed").block_out_channels() == std::vector<int64_t>{64, 128, 256});
   // Cosine schedule: half the peak at mid-training.
-  auto cc = tiny_config(temp_dir());
+  auto cc = tiny_config(trainer_dir());
   cc.lr_schedule = ddpm::LrSchedule::Cosine;
   cc.warmup_steps = 0;
   cc.steps = 100;
@@ -298,7 +298,7 @@ TEST_CASE("TrainConfig JSON round trip and rejection of unknown keys and names",
 
 TEST_CASE("run() calls periodic callbacks at their steps; the loader's batches carry the labels",
           "[train][trainer]") {
-  auto cfg = tiny_config(temp_dir());
+  auto cfg = tiny_config(trainer_dir());
   cfg.steps = 6;
   QuietTrainer t(cfg, tiny_data(), {}, quiet());
   // tiny_data: label i % 4; each batch's labels are those of its images' indices.
@@ -339,7 +339,7 @@ TEST_CASE("A time-limited cosine schedule decays to 0 at the step the limit allo
 
   // A run whose time limit (6 s) comes long before its steps: the learning rate starts at the peak
   // (no pace measured yet) and is near 0 by the last step.
-  auto cfg = tiny_config(temp_dir());
+  auto cfg = tiny_config(trainer_dir());
   cfg.lr_schedule = ddpm::LrSchedule::Cosine;
   cfg.warmup_steps = 0;
   cfg.steps = 1000000;

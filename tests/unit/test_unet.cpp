@@ -18,19 +18,11 @@ using ddpm_test::require_error;
 
 namespace {
 
-constexpr auto& fixture = ddpm_test::diffusers_fixture_path;
+using ddpm_test::fixture;
 
-double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b) {
-  REQUIRE(a.sizes() == b.sizes());
-  return (a.to(torch::kFloat64) - b.to(torch::kFloat64)).abs().max().item<double>();
-}
+using ddpm_test::max_abs_diff;
 
-ddpm::UNet load_fixture_unet(const std::string& name) {
-  ddpm::UNet unet(ddpm::load_unet_config(fixture(name + "/config.json")));
-  ddpm::load_unet_state(unet, ddpm::load_safetensors(fixture(name + "/model.safetensors")), name);
-  unet->eval();
-  return unet;
-}
+using ddpm_test::load_fixture_unet;
 
 
 }  // namespace

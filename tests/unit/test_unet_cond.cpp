@@ -19,12 +19,9 @@
 
 namespace {
 
-constexpr auto& fixture = ddpm_test::diffusers_fixture_path;
+using ddpm_test::fixture;
 
-double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b) {
-  REQUIRE(a.sizes() == b.sizes());
-  return (a.to(torch::kFloat64) - b.to(torch::kFloat64)).abs().max().item<double>();
-}
+using ddpm_test::max_abs_diff;
 
 /// unet_tiny_cond's weights without its class table (the part every variant shares).
 std::map<std::string, torch::Tensor> shared_weights() {

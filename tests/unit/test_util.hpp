@@ -4,8 +4,10 @@
 
 #include <catch2/catch.hpp>
 
+#include <cstdint>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <initializer_list>
 #include <memory>
@@ -41,6 +43,14 @@ inline std::string process_temp_dir(const std::string& tag) {
   static std::vector<std::unique_ptr<TempDir>> dirs;
   dirs.push_back(std::make_unique<TempDir>(tag));
   return dirs.back()->str();
+}
+
+/// Writes `bytes` to `path`, creating its parent directories.
+inline void write_bytes(const std::string& path, const std::vector<uint8_t>& bytes) {
+  std::filesystem::create_directories(std::filesystem::path(path).parent_path());
+  std::ofstream f(path, std::ios::binary);
+  f.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  REQUIRE(f.good());
 }
 
 /// The message of whatever std::exception `f` throws; "" when it throws nothing.
