@@ -31,9 +31,13 @@ fi
 
 cmake -S . -B "$build" -DCMAKE_CXX_COMPILER="$cxx" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDDPM_BUILD_FUZZERS=ON \
   -DDDPM_BUILD_TESTS=OFF -DDDPM_BUILD_EXAMPLES=OFF -DDDPM_BUILD_BENCH=OFF -DDDPM_INSTALL=OFF >/dev/null
-targets=(make_checkpoint_seed)
-for f in "${fuzzers[@]}"; do targets+=("fuzz_$f"); done
-cmake --build "$build" -j2 --target "${targets[@]}"
+# Every fuzzer: `all` of this configuration (fuzzers only), so -j2 builds two at once; CMake's
+# Makefiles build the targets of one `--target a b ...` call one after another.
+if [ ${#fuzzers[@]} -eq ${#all[@]} ]; then
+  cmake --build "$build" -j2
+else
+  for t in make_checkpoint_seed "${fuzzers[@]/#/fuzz_}"; do cmake --build "$build" -j2 --target "$t"; done
+fi
 
 # Seed corpora (copied, so the fuzzers' additions stay in the build folder).
 seed() {  # seed NAME FILE...
