@@ -47,7 +47,8 @@ inline std::string process_temp_dir(const std::string& tag) {
 
 /// Writes `bytes` to `path`, creating its parent directories.
 inline void write_bytes(const std::string& path, const std::vector<uint8_t>& bytes) {
-  std::filesystem::create_directories(std::filesystem::path(path).parent_path());
+  const auto parent = std::filesystem::path(path).parent_path();
+  if (!parent.empty()) std::filesystem::create_directories(parent);  // a bare file name has none
   std::ofstream f(path, std::ios::binary);
   f.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
   REQUIRE(f.good());

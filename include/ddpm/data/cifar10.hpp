@@ -142,7 +142,7 @@ inline std::string find_cifar10(const std::string& path) {
       detail::ends_with(path, ".tar")) {
     return detail::file_exists(path) ? path : "";
   }
-  for (const std::string dir : {path, path + "/cifar-10-batches-bin"}) {
+  for (const std::string& dir : {path, path + "/cifar-10-batches-bin"}) {
     if (detail::file_exists(dir + "/data_batch_1.bin") || detail::file_exists(dir + "/test_batch.bin")) return dir;
   }
   if (detail::file_exists(path + "/cifar-10-binary.tar.gz")) return path + "/cifar-10-binary.tar.gz";

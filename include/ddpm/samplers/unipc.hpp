@@ -310,7 +310,8 @@ class UniPCSampler {
     return x_t.to(x.scalar_type());
   }
 
-  torch::Tensor corrector(const torch::Tensor& model_t, const torch::Tensor& last_sample, const torch::Tensor& this_sample,
+  torch::Tensor corrector(const torch::Tensor& model_t, const torch::Tensor& last_sample,
+                          const torch::Tensor& /*this_sample: diffusers' signature; the update needs only last_sample*/,
                           int64_t order, int64_t i) const {
     const auto t = detail::alpha_sigma_lambda(sigmas_[i]);
     const auto s0 = detail::alpha_sigma_lambda(sigmas_[i - 1]);
