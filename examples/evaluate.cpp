@@ -5,7 +5,8 @@
 //
 //   evaluate --samples DIR|GRID.png|SAMPLES.safetensors [--reference fashion-mnist|STATS|DIR]
 //            [--features classifier|inception]
-//   evaluate --model RUN_DIR|CKPT|DIFFUSERS_DIR --num-samples N [--guidance-scale S] [...]
+//   evaluate --model RUN_DIR|CKPT|DIFFUSERS_DIR --num-samples N [--guidance-scale S]
+//            [--guidance-interval MIN MAX] [...]
 //   evaluate --reference DIR --features ... --save-stats OUT.safetensors   (precompute a reference)
 //
 // A class-conditional model draws class i mod K for image i, guided (the run's guidance_scale,
@@ -74,9 +75,10 @@ struct Generated {
 
 /// Generates `n` images from a train run / checkpoint (its EMA weights) or a diffusers folder
 /// through the Pipeline, in batches of `batch`; a class-conditional model with guidance
-/// `guidance` (< 0: the run's guidance_scale, 1 for a diffusers folder).
+/// `guidance` (< 0: the run's guidance_scale, 1 for a diffusers folder) in the guidance interval
+/// `interval` ({min, max}, fractions of num_train_timesteps; empty: the run's, [0, 1] for a folder).
 Generated generate(const std::string& model, int64_t n, int64_t batch, const std::string& sampler_name, int64_t steps,
-                   uint64_t seed, double guidance, torch::Device device, bool fast) {
+                   uint64_t seed, double guidance, std::vector<double> interval, torch::Device device, bool fast) {
   // steps <= 0: the run's grid steps (train runs), 50 (diffusers folders).
   Generated out;
   // A train run also holds a config.json (the training config): recognise diffusers folders by
@@ -85,6 +87,7 @@ Generated generate(const std::string& model, int64_t n, int64_t batch, const std
   const bool diffusers = fs::exists(m / "model_index.json") || fs::exists(m / "diffusion_pytorch_model.safetensors") ||
                          fs::exists(m / "unet" / "config.json");
   double guidance_scale = 1.0;  // class-conditional runs: the run's guidance_scale
+  const bool interval_given = !interval.empty();
   auto make_pipeline = [&]() {
     if (diffusers) {
       if (steps <= 0) steps = 50;
@@ -93,9 +96,9 @@ Generated generate(const std::string& model, int64_t n, int64_t batch, const std
     auto loaded = ddpm::load_training_checkpoint(model, device, [](const std::string& p, const std::string& why) {
       std::fprintf(stderr, "evaluate: warning: skipping checkpoint %s: %s\n", p.c_str(), why.c_str());
     });
-    if (loaded.train_config.value("num_classes", int64_t{0}) > 0) {
-      guidance_scale = loaded.train_config.value("guidance_scale", 1.0);
-    }
+    const ddpm::RunGuidance run = ddpm::run_guidance_of(loaded.train_config);
+    guidance_scale = run.scale;
+    if (interval.empty()) interval = {run.interval_min, run.interval_max};
     out.class_names = loaded.class_names;
     std::fprintf(stderr, "evaluate: checkpoint %s (step %lld, EMA weights)\n", loaded.path.c_str(),
                  static_cast<long long>(loaded.step));
@@ -112,15 +115,20 @@ Generated generate(const std::string& model, int64_t n, int64_t batch, const std
   auto opts = ddpm::GenerateOptions().num_inference_steps(steps).batch_size(batch);
   // A class-conditional model draws every class equally often (image i: class i mod K), guided.
   if (const int64_t k = ddpm::guidance_num_classes(pipe.unet()->options); k > 0) {
-    std::vector<int64_t> labels(static_cast<size_t>(n));
-    for (int64_t i = 0; i < n; ++i) labels[static_cast<size_t>(i)] = i % k;
+    const std::vector<int64_t> labels = ddpm::cyclic_class_labels(n, k);
     if (guidance >= 0) guidance_scale = guidance;
-    opts.class_labels(labels).guidance_scale(guidance_scale);
+    if (interval.empty()) interval = {0.0, 1.0};
+    opts.class_labels(labels)
+        .guidance_scale(guidance_scale)
+        .guidance_interval_min(interval[0])
+        .guidance_interval_max(interval[1]);
     out.labels = labels;
-    std::fprintf(stderr, "evaluate: class-conditional model: %lld classes in turn, guidance scale %g\n",
-                 static_cast<long long>(k), guidance_scale);
-  } else if (guidance >= 0) {
-    throw ddpm::Error("--guidance-scale: '" + model + "' is not a class-conditional model");
+    std::fprintf(stderr, "evaluate: class-conditional model: %lld classes in turn, guidance scale %g, guidance interval "
+                 "[%g, %g] of the timesteps\n",
+                 static_cast<long long>(k), guidance_scale, interval[0], interval[1]);
+  } else if (guidance >= 0 || interval_given) {
+    throw ddpm::Error(std::string(guidance >= 0 ? "--guidance-scale" : "--guidance-interval") + ": '" + model +
+                      "' is not a class-conditional model");
   }
   out.images = pipe.generate(n, gen, opts,
                        [&](const ddpm::GenerateProgress& p) {
@@ -149,6 +157,7 @@ int main(int argc, char** argv) {
   uint64_t seed = 0;
   int threads = 0;
   double guidance = -1;
+  std::vector<double> guidance_interval;  // empty: the run's
   bool fast = true;
   auto* samples_opt = app.add_option("--samples", samples, "folder of PNGs, PNG grid, or safetensors tensor [N, C, H, W] in [-1, 1]");
   auto* model_opt = app.add_option("--model", model, "train run directory / checkpoint, or diffusers folder, to sample");
@@ -184,6 +193,12 @@ int main(int argc, char** argv) {
                                       "with a class-conditional --model: classifier-free guidance scale (default: the run's "
                                       "guidance_scale; 1 = none)")
                            ->check(CLI::NonNegativeNumber);
+  auto* interval_opt =
+      app.add_option("--guidance-interval", guidance_interval,
+                     "with a class-conditional --model: guide only model calls at timesteps t with MIN * T <= t <= "
+                     "MAX * T (T = num_train_timesteps; default: the run's guidance_interval_min/max, else 0 1)")
+          ->expected(2)
+          ->check(CLI::Range(0.0, 1.0));
   app.add_flag("--fast,!--exact", fast,
                "with --model: the fast inference path (default; UNet::set_fast_inference) or LibTorch's exact kernels");
   app.add_option("--device", device_name, "cpu (default), cuda or auto")->check(CLI::IsMember({"auto", "cpu", "cuda"}));
@@ -191,6 +206,11 @@ int main(int argc, char** argv) {
   if (const int rc = ddpm_examples::parse_args(app, argc, argv); rc >= 0) return rc;
   if (!model.empty() && num_samples == 0) return fail("--model needs --num-samples N");
   if (model.empty() && guidance_opt->count() > 0) return fail("--guidance-scale needs a class-conditional --model");
+  if (model.empty() && interval_opt->count() > 0) return fail("--guidance-interval needs a class-conditional --model");
+  if (guidance_interval.size() == 2 && guidance_interval[0] > guidance_interval[1]) {
+    return fail("--guidance-interval " + ddpm::detail::format_number(guidance_interval[0]) + " " +
+                ddpm::detail::format_number(guidance_interval[1]) + ": MIN must not be above MAX");
+  }
   if (samples.empty() && model.empty() && save_stats.empty()) {
     return fail("give --samples PATH or --model DIR --num-samples N (or --reference ... --save-stats OUT)");
   }
@@ -249,7 +269,7 @@ int main(int argc, char** argv) {
     if (!samples.empty()) {
       images = load_samples(samples, image_size, grid_padding, grid_count, tensor_key);
     } else {
-      Generated g = generate(model, num_samples, gen_batch, sampler_name, steps, seed, guidance, device, fast);
+      Generated g = generate(model, num_samples, gen_batch, sampler_name, steps, seed, guidance, guidance_interval, device, fast);
       images = g.images;
       if (!g.labels.empty() && !g.class_names.empty() && g.class_names == net->class_names()) {
         eval_opts.intended_classes(g.labels);

@@ -14,7 +14,8 @@
 //   sample --checkpoint runs/fmnist-cond --class 0,2,4 --num-samples 3
 // --class takes an index, a class name recorded in the checkpoint, or one label per image;
 // without it the grid shows one class per row. --guidance-scale defaults to the run's
-// guidance_scale for checkpoints, 1 (no guidance) for diffusers folders.
+// guidance_scale for checkpoints, 1 (no guidance) for diffusers folders; --guidance-interval MIN MAX
+// (guide only timesteps t in [MIN * T, MAX * T]) to the run's guidance_interval_min / _max.
 // Exit status: 0 ok, 2 bad flags / paths / files, 3 an output that cannot be written, 1 other
 // failures.
 #include <ddpm/runtime.hpp>
@@ -63,6 +64,7 @@ int main(int argc, char** argv) {
   int64_t steps = 50, num_samples = 16, nrow = 0, batch_size = 0;
   uint64_t seed = 0;
   double eta = 0.0, guidance_scale = 1.0, guidance_rescale = 0.0;
+  std::vector<double> guidance_interval = {0.0, 1.0};
   int threads = 0;
   bool channels_last = false;
   bool fast = true;
@@ -114,6 +116,11 @@ int main(int argc, char** argv) {
       ->check(ddpm_examples::non_negative);
   app.add_option("--guidance-rescale", guidance_rescale, "guidance rescale phi of diffusers' rescale_noise_cfg (default 0)")
       ->check(CLI::Range(0.0, 1.0));
+  app.add_option("--guidance-interval", guidance_interval,
+                 "guide only model calls at timesteps t with MIN * T <= t <= MAX * T (T = num_train_timesteps; default: "
+                 "the run's guidance_interval_min/max for a checkpoint, 0 1 otherwise)")
+      ->expected(2)
+      ->check(CLI::Range(0.0, 1.0));
   app.add_option("--threads", threads, "CPU threads (0 = all cores)")->check(ddpm_examples::non_negative);
   app.add_flag("--channels-last", channels_last,
                "run the UNet in the channels-last (NHWC) inference layout: results within float rounding of the "
@@ -161,11 +168,12 @@ int main(int argc, char** argv) {
       unet = loaded.ema_model;
       scheduler_config = loaded.scheduler_config;
       class_names = loaded.class_names;
-      if (!app.count("--guidance-scale") && loaded.train_config.contains("guidance_scale") &&
-          loaded.train_config.value("num_classes", int64_t{0}) > 0) {
-        guidance_scale = loaded.train_config.at("guidance_scale").get<double>();
+      const ddpm::RunGuidance run = ddpm::run_guidance_of(loaded.train_config);
+      if (!app.count("--guidance-scale") && run.conditional) {
+        guidance_scale = run.scale;
         run_scale = true;
       }
+      if (!app.count("--guidance-interval") && run.conditional) guidance_interval = {run.interval_min, run.interval_max};
       // Unless given, sample as the run drew its grids (its "sampler" and "sample_steps").
       if (sampler_name.empty()) sampler_name = loaded.train_config.value("sampler", std::string("ddim"));
       if (!app.count("--steps")) steps = loaded.train_config.value("sample_steps", int64_t{50});
@@ -196,6 +204,13 @@ int main(int argc, char** argv) {
     if (num_classes == 0 && app.count("--guidance-scale") && guidance_scale != 1.0) {
       return fail("--guidance-scale needs a class-conditional model (its UNet has no num_class_embeds)");
     }
+    if (num_classes == 0 && app.count("--guidance-interval")) {
+      return fail("--guidance-interval needs a class-conditional model (its UNet has no num_class_embeds)");
+    }
+    if (guidance_interval[0] > guidance_interval[1]) {
+      return fail("--guidance-interval " + ddpm::detail::format_number(guidance_interval[0]) + " " +
+                  ddpm::detail::format_number(guidance_interval[1]) + ": MIN must not be above MAX");
+    }
     torch::Tensor latents;
     if (!latents_path.empty()) {
       const auto tensors = ddpm::load_safetensors(latents_path);
@@ -215,11 +230,19 @@ int main(int argc, char** argv) {
     }
     opts.class_labels(ddpm::sample_class_labels(class_spec, class_names, num_classes, num_samples, nrow));
     if (num_classes > 0) {
-      opts.guidance_scale(guidance_scale).guidance_rescale(guidance_rescale);
-      std::fprintf(stderr, "sample: %s, guidance scale %g%s%s\n",
+      opts.guidance_scale(guidance_scale)
+          .guidance_rescale(guidance_rescale)
+          .guidance_interval_min(guidance_interval[0])
+          .guidance_interval_max(guidance_interval[1]);
+      const bool interval = guidance_interval[0] > 0.0 || guidance_interval[1] < 1.0;
+      std::fprintf(stderr, "sample: %s, guidance scale %g%s%s%s\n",
                    class_spec.empty() ? "one class per row" : ("--class " + class_spec).c_str(), guidance_scale,
                    run_scale ? " (the run's)" : "",
-                   guidance_rescale > 0 ? (", rescale " + ddpm::detail::format_number(guidance_rescale)).c_str() : "");
+                   guidance_rescale > 0 ? (", rescale " + ddpm::detail::format_number(guidance_rescale)).c_str() : "",
+                   interval ? (", in [" + ddpm::detail::format_number(guidance_interval[0]) + ", " +
+                               ddpm::detail::format_number(guidance_interval[1]) + "] of the timesteps")
+                                  .c_str()
+                            : "");
     }
     ddpm::ProgressBar bar(num_samples, 0, "sample");
     const auto progress = [&](const ddpm::GenerateProgress& p) {

@@ -75,6 +75,11 @@ struct GenerateOptions {
   TORCH_ARG(double, guidance_scale) = 1.0;
   /// diffusers' guidance_rescale phi (rescale_noise_cfg), in [0, 1]; applied only when guiding.
   TORCH_ARG(double, guidance_rescale) = 0.0;
+  /// The guidance interval (guidance.hpp), as fractions of num_train_timesteps T: model calls at a
+  /// timestep t with min * T <= t <= max * T are guided, the others take the conditional output
+  /// alone (one UNet call of the batch). [0, 1], the default, guides every call.
+  TORCH_ARG(double, guidance_interval_min) = 0.0;
+  TORCH_ARG(double, guidance_interval_max) = 1.0;
 };
 
 /// What a progress callback sees after every sampler step.
@@ -176,6 +181,7 @@ class Pipeline {
       throw Error("Pipeline: sample_size must be >= 0, got " + std::to_string(opts.sample_size()));
     }
     check_guidance(opts.guidance_scale(), opts.guidance_rescale(), "Pipeline");
+    check_guidance_interval(opts.guidance_interval_min(), opts.guidance_interval_max(), "Pipeline");
   }
 
   /// The labels of n images (int64 [n], CPU), or an undefined tensor for an unconditional UNet;
@@ -255,6 +261,11 @@ class Pipeline {
         const int64_t null_label = unet_->options.class_conditioning() == "embedding" ? unet_->options.null_class_label() : 0;
         GuidedModel model{unet_, labels.narrow(0, images_done, b).to(device_), null_label, opts.guidance_scale(),
                           opts.guidance_rescale()};
+        if (opts.guidance_interval_min() > 0.0 || opts.guidance_interval_max() < 1.0) {
+          const auto T = static_cast<double>(sampler_.schedule().options().num_train_timesteps());
+          model.t_min = opts.guidance_interval_min() * T;
+          model.t_max = opts.guidance_interval_max() * T;
+        }
         x = sample_from(model, sampler_, x, gen, on_step);
       } else {
         auto model = [this](const torch::Tensor& xt, const torch::Tensor& t) { return unet_->forward(xt, t); };

@@ -1,6 +1,6 @@
 // Classifier-free guidance (guidance.hpp, Pipeline, Trainer): diffusers' guided trajectories
 // (tests/data/diffusers/cfg, tools/fixtures/cfg.py), scale 1 = the plain conditional model, the
-// batched cond/uncond call = two calls (with every sampler), rescale_noise_cfg, label dropping
+// batched cond/uncond call = two calls (with every sampler), the guidance interval, rescale_noise_cfg, label dropping
 // at the p_uncond rate, conditional training + bit-identical resume, --class parsing and errors.
 #include "fixture_torch_version.hpp"
 #include "fixture_util.hpp"
@@ -189,6 +189,117 @@ TEST_CASE("The batched cond/uncond call equals two separate calls, with every sa
     ++samplers;
   }
   CHECK(samplers >= 8);
+}
+
+TEST_CASE("The guidance interval guides only the model calls whose timestep lies in it", "[guidance]") {
+  ddpm::UNet unet = cfg_unet();
+  const auto latents = cfg_tensors().at("latents");
+  const auto labels = torch::tensor(std::vector<int64_t>{2, 0, 3}, torch::kLong);
+  const double scale = 3.0;
+  const auto base = ddpm::GenerateOptions().num_inference_steps(6).clamp(false).class_labels({2, 0, 3}).guidance_scale(scale);
+  for (const std::string name : {"ddim", "dpmpp_2m", "heun"}) {
+    INFO("sampler " << name);
+    ddpm::Pipeline pipe(unet, ddpm::make_sampler(cfg_scheduler_config(), name));
+    // [0.2, 0.6] of T = 1000: the calls at 200 <= t <= 600 are guided, the rest are not.
+    const auto got = pipe.generate_from(latents, ddpm_test::cpu_gen(3),
+                                        ddpm::GenerateOptions(base).guidance_interval_min(0.2).guidance_interval_max(0.6));
+    auto sampler = ddpm::make_sampler(cfg_scheduler_config(), name);
+    sampler.set_timesteps(6);
+    int guided = 0, plain = 0;
+    const auto want = ddpm::sample_from(
+        [&](const torch::Tensor& x, const torch::Tensor& t) {
+          const double tv = t[0].item<double>();
+          if (tv >= 200.0 && tv <= 600.0) {
+            ++guided;
+            return TwoCallModel{unet, labels, 4, scale}(x, t);
+          }
+          ++plain;
+          return unet->forward(x, t, labels);
+        },
+        sampler, latents * sampler.init_noise_sigma(), ddpm_test::cpu_gen(3));
+    CHECK(guided > 0);  // the interval splits the trajectory
+    CHECK(plain > 0);
+    CHECK(max_rel_err(got, want) < kTrajTol);
+    // ... and differs from guiding every call and from guiding none.
+    const auto all = pipe.generate_from(latents, ddpm_test::cpu_gen(3), base);
+    const auto none = pipe.generate_from(latents, ddpm_test::cpu_gen(3), ddpm::GenerateOptions(base).guidance_scale(1));
+    CHECK(max_rel_err(got, all) > 1e-3);
+    CHECK(max_rel_err(got, none) > 1e-3);
+    // [0, 1] is the default, bit for bit; an interval no call falls in is no guidance, bit for bit.
+    CHECK(torch::equal(pipe.generate_from(latents, ddpm_test::cpu_gen(3),
+                                          ddpm::GenerateOptions(base).guidance_interval_min(0).guidance_interval_max(1)),
+                       all));
+    CHECK(torch::equal(pipe.generate_from(latents, ddpm_test::cpu_gen(3),
+                                          ddpm::GenerateOptions(base).guidance_interval_min(0.9995).guidance_interval_max(1)),
+                       none));
+  }
+}
+
+TEST_CASE("GuidedModel's interval mixes per sample: samples outside it get the conditional output", "[guidance]") {
+  ddpm::UNet unet = cfg_unet();
+  const auto latents = cfg_tensors().at("latents");
+  const auto labels = torch::tensor(std::vector<int64_t>{2, 0, 3}, torch::kLong);
+  const auto t = torch::tensor(std::vector<int64_t>{100, 500, 900}, torch::kLong);
+  ddpm::GuidedModel model{unet, labels, 4, 3.0, 0.0, 200.0, 600.0};
+  const auto got = model(latents, t);
+  const auto mixed = TwoCallModel{unet, labels, 4, 3.0}(latents, t);
+  const auto cond = unet->forward(latents, t, labels);
+  for (int64_t i : {0, 2}) {
+    INFO("sample " << i << " (outside)");
+    CHECK(max_rel_err(got[i], cond[i]) < 1e-5);
+    CHECK(max_rel_err(got[i], mixed[i]) > 1e-3);
+  }
+  CHECK(max_rel_err(got[1], mixed[1]) < 1e-5);
+  CHECK(max_rel_err(got[1], cond[1]) > 1e-3);
+  // Bounds are inclusive; every sample outside makes the one plain call of batch B.
+  CHECK(max_rel_err(ddpm::GuidedModel{unet, labels, 4, 3.0, 0.0, 100.0, 900.0}(latents, t), mixed) < 1e-5);
+  CHECK(torch::equal(ddpm::GuidedModel{unet, labels, 4, 3.0, 0.0, 901.0, 1000.0}(latents, t), cond));
+}
+
+TEST_CASE("A guidance interval outside [0, 1] or upside down is an error naming it", "[guidance][pipeline]") {
+  ddpm::Pipeline pipe(cfg_unet(), ddpm::make_sampler(cfg_scheduler_config(), "ddim"));
+  auto gen = ddpm_test::cpu_gen(0);
+  const auto opts = ddpm::GenerateOptions().num_inference_steps(1).class_labels({1}).guidance_scale(2);
+  require_error([&] { pipe.generate(1, gen, ddpm::GenerateOptions(opts).guidance_interval_min(0.7).guidance_interval_max(0.2)); },
+                {"guidance interval [0.7, 0.2]", "min <= max"});
+  require_error([&] { pipe.generate(1, gen, ddpm::GenerateOptions(opts).guidance_interval_min(-0.1)); },
+                {"guidance interval [-0.1, 1]", "[0, 1]"});
+  require_error([&] { pipe.generate(1, gen, ddpm::GenerateOptions(opts).guidance_interval_max(1.5)); },
+                {"guidance interval [0, 1.5]"});
+}
+
+TEST_CASE("cyclic_class_labels draws the classes in turn; run_guidance_of reads a run's guidance", "[guidance]") {
+  CHECK(ddpm::cyclic_class_labels(7, 3) == std::vector<int64_t>{0, 1, 2, 0, 1, 2, 0});
+  CHECK(ddpm::cyclic_class_labels(0, 3).empty());
+  CHECK_THROWS_AS(ddpm::cyclic_class_labels(4, 0), c10::Error);
+
+  const auto g = ddpm::run_guidance_of(
+      {{"num_classes", 10}, {"guidance_scale", 1.5}, {"guidance_interval_min", 0.08}, {"guidance_interval_max", 0.58}});
+  CHECK(g.conditional);
+  CHECK(g.scale == 1.5);
+  CHECK(g.interval_min == 0.08);
+  CHECK(g.interval_max == 0.58);
+  // A run from before the guidance interval guided every call.
+  const auto old = ddpm::run_guidance_of({{"num_classes", 10}, {"guidance_scale", 4}});
+  CHECK(old.conditional);
+  CHECK(old.scale == 4);
+  CHECK(old.interval_min == 0.0);
+  CHECK(old.interval_max == 1.0);
+  // An unconditional run is not guided, whatever its config says.
+  const auto plain = ddpm::run_guidance_of({{"num_classes", 0}, {"guidance_scale", 4}, {"guidance_interval_max", 0.5}});
+  CHECK_FALSE(plain.conditional);
+  CHECK(plain.scale == 1.0);
+  CHECK(plain.interval_max == 1.0);
+  // A TrainConfig's own JSON round-trips through it.
+  ddpm::TrainConfig c;
+  c.num_classes = 10;
+  c.guidance_scale = 2;
+  c.guidance_interval_min = 0.1;
+  c.guidance_interval_max = 0.6;
+  const auto fromcfg = ddpm::run_guidance_of(nlohmann::json(c));
+  CHECK(fromcfg.scale == 2);
+  CHECK(fromcfg.interval_min == 0.1);
+  CHECK(fromcfg.interval_max == 0.6);
 }
 
 TEST_CASE("rescale_noise_cfg and mix_guidance follow diffusers' formulas", "[guidance]") {

@@ -13,7 +13,7 @@
 
 TEST_CASE("TrainConfig: every declared key is read, written and documented", "[train][config]") {
   const auto keys = ddpm::detail::field_keys<ddpm::TrainConfig>();
-  CHECK(keys.size() == 47);
+  CHECK(keys.size() == 49);
   CHECK(std::set<std::string>(keys.begin(), keys.end()).size() == keys.size());
   const nlohmann::json defaults = ddpm::TrainConfig{};
   CHECK(defaults.size() == keys.size());
@@ -42,6 +42,8 @@ TEST_CASE("TrainConfig: every declared key is read, written and documented", "[t
   c.folder_labels = ddpm::FolderLabels::None;
   c.folder_crop = ddpm::CropMode::Random;
   c.on_bad_image = ddpm::BadImagePolicy::Skip;
+  c.guidance_interval_min = 0.08;
+  c.guidance_interval_max = 0.58;
   const nlohmann::json j = c;
   const auto back = j.get<ddpm::TrainConfig>();
   CHECK(nlohmann::json(back) == j);
@@ -54,6 +56,10 @@ TEST_CASE("TrainConfig: every declared key is read, written and documented", "[t
   CHECK(j.at("on_bad_image") == "skip");
   CHECK(back.on_bad_image == ddpm::BadImagePolicy::Skip);
   CHECK(back.loader_threads == 7);
+  CHECK(back.guidance_interval_min == 0.08);
+  CHECK(back.guidance_interval_max == 0.58);
+  CHECK(defaults.at("guidance_interval_min") == 0.0);
+  CHECK(defaults.at("guidance_interval_max") == 1.0);
 
   // A null value keeps the default; a partial object fills in the rest.
   const auto partial = nlohmann::json({{"steps", 5}, {"lr", nullptr}}).get<ddpm::TrainConfig>();
@@ -109,6 +115,10 @@ TEST_CASE("TrainConfig: ranges and choices come from the field list, errors name
   CHECK_THAT(err({{"batch_size", 100000}}), Catch::Contains("\"batch_size\" must be in [1, 65536], got 100000"));
   CHECK_THAT(err({{"time_limit_minutes", 1e300}}), Catch::Contains("\"time_limit_minutes\" must be in [0, 1e+07]"));
   CHECK_THAT(err({{"model", 3}}), Catch::Contains("\"model\" must be a preset name"));
+  CHECK(err({{"guidance_interval_max", 1.2}}) ==
+        "ddpm: training config: \"guidance_interval_max\" must be in [0, 1], got 1.2");
+  CHECK(err({{"guidance_interval_min", 0.6}, {"guidance_interval_max", 0.3}}) ==
+        "ddpm: training config: \"guidance_interval_min\" 0.6 is above \"guidance_interval_max\" 0.3");
   CHECK_THAT(err(nlohmann::json::array()), Catch::Contains("must be a JSON object"));
   // validate() applies the same ranges to a config built in code.
   ddpm::TrainConfig c;

@@ -467,6 +467,26 @@ struct LoadedCheckpoint {
   std::vector<std::string> class_names;
 };
 
+/// How a run guided its grids and evaluation, from its training config (LoadedCheckpoint::
+/// train_config): a class-conditional run's guidance_scale and guidance interval; an
+/// unconditional run (or a key an older run's config lacks) gets the default, no guidance.
+struct RunGuidance {
+  bool conditional = false;  ///< num_classes > 0
+  double scale = 1.0;
+  double interval_min = 0.0;  ///< fractions of num_train_timesteps (GenerateOptions)
+  double interval_max = 1.0;
+};
+
+inline RunGuidance run_guidance_of(const nlohmann::json& train_config) {
+  RunGuidance g;
+  if (!train_config.is_object() || train_config.value("num_classes", int64_t{0}) <= 0) return g;
+  g.conditional = true;
+  g.scale = train_config.value("guidance_scale", 1.0);
+  g.interval_min = train_config.value("guidance_interval_min", 0.0);
+  g.interval_max = train_config.value("guidance_interval_max", 1.0);
+  return g;
+}
+
 /// `path_or_dir` is a checkpoint file, or a run directory: then its newest checkpoint that
 /// passes the integrity check (as the trainer resumes; each newer file it skips is reported
 /// through `on_reject(path, why)`). Throws ddpm::Error naming the file.

@@ -72,6 +72,8 @@ struct TrainConfig {
   int64_t num_classes = 0;
   double p_uncond = 0.1;
   double guidance_scale = 1.0;
+  double guidance_interval_min = 0.0;
+  double guidance_interval_max = 1.0;
   // --- optimization
   int64_t steps = 10000;
   double time_limit_minutes = 0;
@@ -156,6 +158,13 @@ struct TrainConfig {
       c.p_uncond);
     f(S{"guidance_scale", "classifier-free guidance scale of the sample grids and evaluation (1 = none)", at_least(0)},
       c.guidance_scale);
+    f(S{"guidance_interval_min",
+        "guide only model calls at t >= this fraction of num_train_timesteps (guidance interval, Kynkaanniemi et "
+        "al. 2024); the others take the conditional output alone",
+        between(0, 1)},
+      c.guidance_interval_min);
+    f(S{"guidance_interval_max", "guide only model calls at t <= this fraction of num_train_timesteps", between(0, 1)},
+      c.guidance_interval_max);
     f(S{"steps", "total optimizer steps of the run", between(0, 1e12)}, c.steps);
     f(S{"time_limit_minutes", "stop (checkpoint + final sample grid) after this many minutes; 0 = no limit",
         between(0, 1e7), nullptr, "time-limit"},
@@ -209,6 +218,10 @@ struct TrainConfig {
 inline void validate(const TrainConfig& c, const std::string& context = "training config") {
   detail::validate_fields(c, context);
   if (c.out_dir.empty()) throw Error(context + ": \"out_dir\" must not be empty");
+  if (c.guidance_interval_min > c.guidance_interval_max) {
+    throw Error(context + ": \"guidance_interval_min\" " + detail::format_number(c.guidance_interval_min) +
+                " is above \"guidance_interval_max\" " + detail::format_number(c.guidance_interval_max));
+  }
   if (!c.model.is_string() && !c.model.is_object()) {
     throw Error(context + ": \"model\" must be a preset name, a path to a UNet config JSON or a UNet config object");
   }

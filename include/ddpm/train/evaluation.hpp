@@ -13,6 +13,7 @@
 #include <ddpm/eval/feature_stats.hpp>
 #include <ddpm/eval/frechet.hpp>
 #include <ddpm/eval/kid.hpp>
+#include <ddpm/guidance.hpp>
 #include <ddpm/nn/unet.hpp>
 #include <ddpm/pipeline.hpp>
 #include <ddpm/sampler.hpp>
@@ -53,9 +54,12 @@ struct TrainingEvalOptions {
   /// Rank r draws its noise from seed + 0xe7a1 + r * 0x9E3779B97F4A7C15.
   TORCH_ARG(uint64_t, seed) = 0;
   /// Class-conditional runs (> 0): every class equally often (image i of a rank's share gets
-  /// class i % num_classes), guided with guidance_scale as the grids are.
+  /// class i % num_classes), guided with guidance_scale in the guidance interval (fractions of
+  /// num_train_timesteps, GenerateOptions) as the grids are.
   TORCH_ARG(int64_t, num_classes) = 0;
   TORCH_ARG(double, guidance_scale) = 1.0;
+  TORCH_ARG(double, guidance_interval_min) = 0.0;
+  TORCH_ARG(double, guidance_interval_max) = 1.0;
   /// The training data's class names by label. When they are the classifier's (Fashion-MNIST),
   /// a class-conditional evaluation also scores the class accuracy (eval/class_accuracy.hpp).
   TORCH_ARG(std::vector<std::string>, class_names) = {};
@@ -71,7 +75,9 @@ inline TrainingEvalOptions evaluation_options_of(const TrainConfig& c) {
       .image_size(c.image_size)
       .seed(c.seed)
       .num_classes(c.num_classes)
-      .guidance_scale(c.guidance_scale);
+      .guidance_scale(c.guidance_scale)
+      .guidance_interval_min(c.guidance_interval_min)
+      .guidance_interval_max(c.guidance_interval_max);
 }
 
 /// Throws ddpm::Error unless the training data (`channels`-channel images of c.image_size,
@@ -207,9 +213,10 @@ class TrainingEvaluator {
                      .batch_size(options_.batch_size() > 0 ? options_.batch_size() : default_sampling_batch(device))
                      .sample_size(options_.image_size());
     if (options_.num_classes() > 0) {
-      std::vector<int64_t> labels(static_cast<size_t>(share));
-      for (int64_t i = 0; i < share; ++i) labels[static_cast<size_t>(i)] = i % options_.num_classes();
-      gopts.class_labels(labels).guidance_scale(options_.guidance_scale());
+      gopts.class_labels(cyclic_class_labels(share, options_.num_classes()))
+          .guidance_scale(options_.guidance_scale())
+          .guidance_interval_min(options_.guidance_interval_min())
+          .guidance_interval_max(options_.guidance_interval_max());
     }
     const torch::Tensor images = pipe.generate(share, gen, gopts);
     EvalOptions opts = evaluator_.options;
