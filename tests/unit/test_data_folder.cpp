@@ -551,6 +551,24 @@ TEST_CASE("Folder images: hostile files are refused before stb_image decodes the
   const auto small = ddpm::detail::decode_image_bytes(png.data(), png.size());
   CHECK_THAT(small.error, Catch::StartsWith("stb_image: "));
 
+  // A 339-byte JPEG whose scan data a marker ends early (fuzz_image, 2026-12-03): Debian's stb_image
+  // 2.27 shifts by 32 while it reads past the marker (undefined behaviour on a zero byte,
+  // suppressed in .ci/ubsan.supp) and decodes the 12549 x 4 gray image with zeros for the missing
+  // data, as any truncated JPEG; later stb_image releases refuse it. Either way: no crash, no
+  // exception, and a result that is one or the other.
+  {
+    const auto bytes = file_bytes(regressions + "jpeg-scan-ends-early-shift-32");
+    const auto d = ddpm::detail::decode_image_bytes(bytes.data(), bytes.size());
+    if (d.error.empty()) {
+      CHECK(d.w == 12549);
+      CHECK(d.h == 4);
+      CHECK(d.rgb.size() == 12549u * 4u * 3u);
+    } else {
+      CHECK_THAT(d.error, Catch::StartsWith("stb_image: "));
+      CHECK(d.rgb.empty());
+    }
+  }
+
   // stb_image reads past the end of a JPEG or BMP as zeros: a valid 16 x 16 file whose header is
   // changed to announce far more pixels than its data can hold is refused before decoding; the
   // same file announcing a size its data can hold still decodes.
